@@ -1,0 +1,348 @@
+"""The command line: ``minivae train | eval | sample``.
+
+Bad input ends with one line on stderr (``minivae: error: ...``) and exit status 2, never a
+traceback.  An existing run directory is never overwritten: a new run needs a new ``--out``, and
+``--resume RUN_DIR`` continues an old one.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import MinivaeError
+
+PRESETS = {
+    # name: (dataset, hidden, latent, activation, batch, lr, binarize)
+    "mnist-400-20": dict(dataset="mnist", hidden="400", latent_dim=20, activation="relu",
+                         batch_size=128, lr=1e-3, binarize="dynamic"),
+    "mnist-iwae-200-200-50": dict(dataset="mnist", hidden="200,200", latent_dim=50,
+                                  activation="tanh", batch_size=20, lr=1e-3, binarize="dynamic"),
+}
+
+
+def _hidden(text):
+    try:
+        sizes = tuple(int(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated integers like 400 or "
+                                         f"200,200, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return v
+    return parse
+
+
+def _nonneg(kind):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not v >= 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+        return v
+    return parse
+
+
+def build_parser():
+    from .layers import ACTIVATIONS
+    p = argparse.ArgumentParser(prog="minivae", description="Variational autoencoders from "
+                                "scratch: train, evaluate and sample.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a VAE and write a run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--preset", choices=sorted(PRESETS), help="a standard architecture and "
+                   "protocol (its values are defaults the other options override)")
+    t.add_argument("--dataset", default=None, help="shapes (built in), mnist, fashion-mnist, "
+                   "binarized-mnist [default: shapes]")
+    t.add_argument("--data-dir", default=None, help="folder holding the dataset's files "
+                   "(else $MINIVAE_DATA_DIR, the cache, then a download)")
+    t.add_argument("--binarize", default=None, help="dynamic, static, threshold or none "
+                   "[default: dynamic for MNIST-like data, none for shapes]")
+    t.add_argument("--valid-size", type=_nonneg(int), default=None,
+                   help="held-out validation images taken from the training split")
+    t.add_argument("--epochs", type=_nonneg(int), default=None, help="[default: 30]")
+    t.add_argument("--batch-size", type=_positive(int), default=None, help="[default: 128]")
+    t.add_argument("--lr", type=_positive(float), default=None, help="[default: 1e-3]")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--clip", type=_nonneg(float), default=0.0, help="max gradient norm (0: off)")
+    t.add_argument("--hidden", type=_hidden, default=None, help="hidden widths, e.g. 400 or "
+                   "200,200 [default: 400]")
+    t.add_argument("--latent-dim", type=_positive(int), default=None, help="[default: 10]")
+    t.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
+                   help="[default: relu]")
+    t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+    t.add_argument("--sigma", type=_positive(float), default=1.0,
+                   help="Gaussian likelihood: the (initial) standard deviation")
+    t.add_argument("--learn-sigma", choices=("fixed", "shared", "per-dim"), default="fixed")
+    t.add_argument("--beta", type=_nonneg(float), default=1.0, help="KL weight (beta-VAE)")
+    t.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    t.add_argument("--k", "--samples", dest="samples", type=_positive(int), default=1,
+                   help="Monte Carlo samples per example (the K of --objective iwae)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="[default: $MINIVAE_DEVICE or cpu]")
+    t.add_argument("--out", default=None, help="run directory to create "
+                   "[default: runs/<dataset>-<time>]")
+    t.add_argument("--resume", metavar="RUN_DIR", default=None,
+                   help="continue an interrupted run (its config is used; --epochs may extend it)")
+    t.add_argument("--on-nonfinite", choices=("stop", "skip"), default="stop",
+                   help="on a NaN/inf loss or gradient: stop (keeping the last checkpoint) or "
+                   "skip the batch")
+    t.add_argument("--iwae", type=_nonneg(int), default=0, metavar="K",
+                   help="after training, estimate log p(x) with K importance samples (0: off)")
+    t.add_argument("--iwae-n", type=_positive(int), default=None,
+                   help="held-out images for --iwae [default: all]")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="held-out ELBO (and importance-sampled log p(x)) of a run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("run", help="run directory or checkpoint .npz")
+    e.add_argument("--data-dir", default=None)
+    e.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    e.add_argument("--iwae", type=_nonneg(int), default=0, metavar="K",
+                   help="importance samples per image for log p(x) (0: ELBO only)")
+    e.add_argument("--n", type=_positive(int), default=None, help="first N images only")
+    e.add_argument("--rows", type=_positive(int), default=10000,
+                   help="most samples decoded at once (memory bound)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    e.add_argument("--json", action="store_true", help="print one JSON line")
+    e.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("sample", help="a PNG grid of samples from the prior",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("run", help="run directory or checkpoint .npz")
+    s.add_argument("--n", type=_positive(int), default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default=None, help="PNG path [default: RUN/samples-seed<S>.png]")
+    s.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    return p
+
+
+# ------------------------------------------------------------------------------------ train
+TRAIN_DEFAULTS = dict(dataset="shapes", epochs=30, batch_size=128, lr=1e-3, hidden=(400,),
+                      latent_dim=10, activation="relu")
+
+
+def _resolve(args):
+    preset = PRESETS.get(args.preset, {})
+    for key, value in {**TRAIN_DEFAULTS, **preset}.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, _hidden(value) if key == "hidden" else value)
+    if args.binarize is None:
+        args.binarize = preset.get("binarize", "none" if args.dataset == "shapes" else "dynamic")
+    if args.valid_size is None:
+        args.valid_size = 0 if args.dataset == "shapes" else 10000
+
+
+def _make_run_dir(out, dataset):
+    if out is None:
+        out = os.path.join("runs", f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise MinivaeError(f"run directory {out} already exists; choose another --out, or "
+                           f"continue it with --resume {out}")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        raise MinivaeError(f"cannot create run directory {out}: {e.strerror}") from None
+    return out
+
+
+def _load_data(name, data_dir, binarize, valid_size, seed):
+    from .data import load_dataset
+    return load_dataset(name, data_dir=data_dir, binarize=binarize, valid_size=valid_size,
+                        seed=seed)
+
+
+def cmd_train(args):
+    from .backend import make_rng
+    from .model import VAE
+    from .train import TrainConfig, Trainer, load_run, read_metrics
+
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.resume:
+        model, meta, opt_arrays, extra = load_run(args.resume)
+        run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+        tcfg = TrainConfig(**meta["train"])
+        if args.epochs is not None:
+            tcfg.epochs = args.epochs
+        d = meta["dataset_args"]
+        data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"), d["binarize"],
+                          d["valid_size"], d["seed"])
+        trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
+                          dataset_args=d)
+        trainer.restore(meta, opt_arrays, extra)
+        log(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.step + 1}")
+    else:
+        _resolve(args)
+        data = _load_data(args.dataset, args.data_dir, args.binarize, args.valid_size, args.seed)
+        model = VAE(data.dim, args.hidden, args.latent_dim, args.activation, args.likelihood,
+                    args.beta, args.dtype, args.seed, args.device, args.sigma, args.learn_sigma,
+                    args.objective, args.samples)
+        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                           optimizer=args.optimizer, seed=args.seed, clip=args.clip,
+                           on_nonfinite=args.on_nonfinite)
+        tcfg.check()
+        run_dir = _make_run_dir(args.out, args.dataset)
+        dataset_args = dict(data_dir=args.data_dir, binarize=args.binarize,
+                            valid_size=args.valid_size, seed=args.seed)
+        trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
+                          dataset_args=dataset_args)
+        config = dict(model=model.config, train=vars(tcfg), dataset=args.dataset,
+                      dataset_args=trainer.dataset_args, argv=sys.argv[1:])
+        from .checkpoint import atomic_write
+        atomic_write(os.path.join(run_dir, "config.json"),
+                     lambda f: f.write(json.dumps(config, indent=2).encode()))
+        log(f"{model} on {data.name} ({len(data.train)} training images) -> {run_dir}")
+    t0 = time.perf_counter()
+    from .train import Interrupted
+    try:
+        trainer.fit()
+    except Interrupted as e:
+        print(f"minivae: {e}; resume with: minivae train --resume {run_dir}", file=sys.stderr)
+        return 130
+    wall = time.perf_counter() - t0
+    rows = read_metrics(run_dir)
+    _figures(model, data, rows, run_dir)
+    summary = {"run_dir": run_dir, "wall_s": round(wall, 2), "epochs": trainer.epoch}
+    held = "valid" if data.valid is not None else "test"
+    if rows and f"{held}_elbo" in rows[0]:
+        summary[f"{held}_elbo_before"] = round(rows[0][f"{held}_elbo"], 3)
+        summary[f"{held}_elbo_after"] = round(rows[-1][f"{held}_elbo"], 3)
+    if args.iwae:
+        summary.update(_iwae_summary(model, data, args.iwae, args.iwae_n, args.seed,
+                                     not args.no_progress))
+    log(json.dumps(summary))
+    print(f"trained {trainer.epoch} epochs in {wall:.1f} s; run directory: {run_dir}")
+    return 0
+
+
+def _iwae_summary(model, data, k, n, seed, progress):
+    from .backend import make_rng
+    from .likelihood import importance_log_likelihood
+    x = data.test if data.test is not None else data.valid
+    x = x[:n] if n else x
+    t0 = time.perf_counter()
+    ll = importance_log_likelihood(model, x, k, make_rng([seed, 4], model.xp), progress=progress)
+    return {f"iwae{k}_logpx": round(float(ll.mean()), 3), "iwae_n": len(x),
+            "iwae_s": round(time.perf_counter() - t0, 2)}
+
+
+def _figures(model, data, rows, run_dir):
+    from .backend import to_device
+    from .plots import save_grid, save_loss_curves, save_reconstructions
+    from .backend import make_rng
+    x = data.test if data.test is not None else (data.valid if data.valid is not None
+                                                  else data.train)
+    xb = to_device(x[:16], model.xp, model.dtype)
+    save_reconstructions(os.path.join(run_dir, "reconstructions.png"), xb,
+                         model.reconstruct(xb), data.image_shape)
+    save_grid(os.path.join(run_dir, "samples.png"), model.sample(64, make_rng(0, model.xp)),
+              data.image_shape, ncols=8, title="samples from the prior (means of p(x|z))")
+    save_loss_curves(os.path.join(run_dir, "loss.png"), rows, title=f"{data.name}: {model!r}")
+
+
+# ------------------------------------------------------------------------------------ eval
+def cmd_eval(args):
+    from .backend import make_rng, resolve_device
+    from .train import evaluate, load_run
+    model, meta, _, _ = _load_for_device(args.run, args.device)
+    d = meta.get("dataset_args", {})
+    data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"),
+                      meta.get("binarize", "none"), d.get("valid_size", 0), d.get("seed", 0))
+    x = getattr(data, args.split)
+    if x is None:
+        raise MinivaeError(f"dataset {data.name} has no {args.split} split here; use --split "
+                           "test or train")
+    if args.split == "train" and data.binarize == "dynamic":
+        from .data import binarize_batch
+        import numpy as np
+        x = binarize_batch(x, np.random.default_rng(1003))
+    x = x[:args.n] if args.n else x
+    res = {"run": args.run, "split": args.split, "n": len(x)}
+    res.update({f"{k}": round(v, 4) for k, v in
+                evaluate(model, x, make_rng([args.seed, 3], model.xp)).items()})
+    if args.iwae:
+        from .likelihood import importance_log_likelihood
+        t0 = time.perf_counter()
+        ll = importance_log_likelihood(model, x, args.iwae, make_rng([args.seed, 4], model.xp),
+                                       rows=args.rows, progress=not args.no_progress)
+        res.update({"iwae_k": args.iwae, "logpx": round(float(ll.mean()), 4),
+                    "logpx_stderr": round(float(ll.std(ddof=1) / len(ll) ** 0.5), 4)
+                    if len(ll) > 1 else None,
+                    "iwae_s": round(time.perf_counter() - t0, 2)})
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{args.split} ({len(x)} images): ELBO {res['elbo']:.3f} nats "
+              f"(reconstruction {-res['rec']:.3f}, KL {res['kl']:.3f})")
+        if args.iwae:
+            print(f"log p(x) ~ {res['logpx']:.3f} nats (IWAE, K={args.iwae}, "
+                  f"{res['iwae_s']:.1f} s); gap to the ELBO {res['logpx'] - res['elbo']:.3f}")
+    return 0
+
+
+def _load_for_device(run, device):
+    from .train import load_run
+    model, meta, opt, extra = load_run(run)
+    if device and device != model.config["device"]:
+        from .model import VAE
+        from .backend import to_device, to_host
+        cfg = dict(model.config, device=device)
+        m2 = VAE(**cfg)
+        m2.buffer.data[...] = to_device(to_host(model.buffer.data), m2.xp)
+        model = m2
+    return model, meta, opt, extra
+
+
+# ------------------------------------------------------------------------------------ sample
+def cmd_sample(args):
+    from .backend import make_rng
+    from .plots import save_grid
+    model, meta, _, _ = _load_for_device(args.run, args.device)
+    shape = tuple(meta.get("image_shape") or _square(model.data_dim))
+    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
+    out = args.out or os.path.join(run_dir, f"samples-seed{args.seed}.png")
+    save_grid(out, model.sample(args.n, make_rng(args.seed, model.xp)), shape,
+              ncols=min(args.n, 8), title=f"{args.n} samples, seed {args.seed}")
+    print(out)
+    return 0
+
+
+def _square(d):
+    r = int(round(d ** 0.5))
+    if r * r != d:
+        raise MinivaeError(f"cannot lay out {d}-dimensional samples as square images")
+    return (r, r)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}[args.command](args)
+    except MinivaeError as e:
+        print(f"minivae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("minivae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The distributions of a VAE, each with the derivatives its backward pass needs.
+
+Written once against ``xp`` (NumPy or CuPy), in plain array operations: this is the readable
+specification.  The fused kernels in ``minivae.kernels`` compute the same quantities in one pass
+and are tested against these functions.
+
+Shapes: B batch, Z latent, D data.  Per-example quantities are summed over dimensions: (B,).
+
+Diagonal Gaussian q(z|x) = N(mu, diag(exp(logvar)))
+    reparameterise   z = mu + std * eps,  std = exp(logvar / 2),  eps ~ N(0, I)
+                     dz/dmu = 1,  dz/dlogvar = eps * std / 2
+    KL to N(0, I)    KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)
+                     dKL/dmu = mu,  dKL/dlogvar = (exp(logvar) - 1) / 2
+
+Bernoulli p(x|z) from logits l:   -log p(x|z) = sum_d softplus(l_d) - x_d l_d
+                                  d/dl = sigmoid(l) - x
+Gaussian p(x|z) = N(m, sigma^2):  -log p(x|z) = sum_d (x_d - m_d)^2 / (2 sigma_d^2) + log sigma_d
+                                                      + log(2 pi) / 2
+                                  d/dm = (m - x) / sigma^2,  d/dlog sigma = 1 - (x - m)^2 / sigma^2
+"""
+import math
+
+from .backend import get_array_module
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------- Gaussian q(z|x)
+def reparameterize(mu, logvar, eps):
+    """z = mu + exp(logvar / 2) * eps.     mu, logvar, eps: (..., Z) -> z, std: (..., Z)."""
+    xp = get_array_module(mu)
+    std = xp.exp(logvar * logvar.dtype.type(0.5))
+    return mu + std * eps, std
+
+
+def reparameterize_backward(dz, eps, std):
+    """(dmu, dlogvar) from dz:  dmu = dz,  dlogvar = dz * eps * std / 2."""
+    return dz, dz * eps * std * dz.dtype.type(0.5)
+
+
+def kl_standard_normal(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) per example: (B, Z) -> (B,)."""
+    xp = get_array_module(mu)
+    half = mu.dtype.type(0.5)
+    return half * xp.sum(mu * mu + xp.exp(logvar) - 1 - logvar, axis=-1)
+
+
+def kl_standard_normal_backward(mu, logvar):
+    """(dKL/dmu, dKL/dlogvar) = (mu, (exp(logvar) - 1) / 2), per element."""
+    xp = get_array_module(mu)
+    return mu, xp.expm1(logvar) * logvar.dtype.type(0.5)
+
+
+def gaussian_log_prob(z, mu, logvar):
+    """log N(z; mu, diag(exp(logvar))) summed over the last axis."""
+    xp = get_array_module(z)
+    half = z.dtype.type(0.5)
+    d = z - mu
+    return -half * xp.sum(d * d * xp.exp(-logvar) + logvar + z.dtype.type(LOG_2PI), axis=-1)
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I) summed over the last axis."""
+    xp = get_array_module(z)
+    return -z.dtype.type(0.5) * xp.sum(z * z + z.dtype.type(LOG_2PI), axis=-1)
+
+
+# ----------------------------------------------------------------------------- decoders p(x|z)
+def softplus(x):
+    """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): never overflows, exact for large |x|."""
+    xp = get_array_module(x)
+    return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)) through e = exp(-|x|): 1/(1+e) for x >= 0, e/(1+e) for x < 0."""
+    xp = get_array_module(x)
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def bernoulli_nll(logits, x):
+    """-log Bernoulli(x; sigmoid(logits)) summed over the last axis: (..., D) -> (...,).
+
+    softplus(l) - x*l equals -x log sigmoid(l) - (1-x) log(1 - sigmoid(l)) and is also the
+    cross-entropy for grey targets x in [0, 1].
+    """
+    xp = get_array_module(logits)
+    return xp.sum(softplus(logits) - x * logits, axis=-1)
+
+
+def bernoulli_nll_grad(logits, x):
+    """d/dlogits of bernoulli_nll: sigmoid(l) - x."""
+    return sigmoid(logits) - x
+
+
+def gaussian_nll(mean, x, log_sigma):
+    """-log N(x; mean, sigma^2) summed over the last axis; log_sigma broadcasts, e.g. () or (D,)."""
+    xp = get_array_module(mean)
+    half = mean.dtype.type(0.5)
+    r = (x - mean) * xp.exp(-log_sigma)
+    return xp.sum(half * r * r + log_sigma + half * mean.dtype.type(LOG_2PI), axis=-1)
+
+
+def gaussian_nll_grad(mean, x, log_sigma):
+    """(d/dmean, d/dlog_sigma) per element: ((mean - x) / sigma^2, 1 - (x - mean)^2 / sigma^2)."""
+    xp = get_array_module(mean)
+    inv_var = xp.exp(-2 * log_sigma)
+    d = mean - x
+    return d * inv_var, 1 - d * d * inv_var

@@ -1,0 +1,230 @@
+"""The VAE: encoder -> (mu, logvar) -> z = mu + std * eps -> decoder -> p(x|z).
+
+    encoder   MLP  D -> H1 -> ... -> 2Z   (one linear head; its columns are mu then logvar)
+    decoder   MLP  Z -> ... -> H1 -> D    (outputs the likelihood's parameters: logits or means)
+
+All parameters live in one ParamBuffer (``model.buffer``): ``model.params`` and ``model.grads`` are
+name -> view mappings into its flat ``data`` and ``grad`` arrays.  The objective functions in
+``objectives.py`` drive the forward and backward passes defined here.
+"""
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from . import distributions as dist
+from . import objectives
+from .backend import array_module, resolve_device, resolve_dtype
+from .errors import MinivaeError
+from .layers import ACTIVATIONS, build_mlp, Linear, mlp_shapes
+from .likelihoods import make_likelihood
+from .params import ParamBuffer
+
+ELBO = namedtuple("ELBO", "elbo rec kl")
+ELBO.__doc__ = """Per-example terms (B,): elbo = rec - kl, rec = E_q[log p(x|z)] (a Monte Carlo
+estimate), kl = KL(q(z|x) || N(0, I)) (closed form)."""
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise MinivaeError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class VAE:
+    """A VAE with MLP encoder and decoder, trained by hand-derived gradients.
+
+    data_dim      D, the flattened input size
+    hidden        encoder hidden widths, e.g. (400,) or (200, 200); the decoder mirrors them
+    latent_dim    Z
+    activation    relu, leaky_relu, tanh, sigmoid, softplus or elu
+    likelihood    'bernoulli' (logits; data in [0, 1]) or 'gaussian' (means)
+    sigma, learn_sigma   Gaussian only: sigma's value, and 'fixed', 'shared' or 'per-dim'
+    beta          weight of the KL term (1: the ELBO; > 1: a beta-VAE)
+    objective     'elbo' or 'iwae';  samples: S Monte Carlo samples (the K of IWAE)
+    dtype         float32 (training) or float64 (checks);  device: 'cpu' or 'cuda'
+    seed          seeds the initialisation (PyTorch's nn.Linear rule, drawn in layer order)
+    """
+
+    def __init__(self, data_dim, hidden=(400,), latent_dim=20, activation="relu",
+                 likelihood="bernoulli", beta=1.0, dtype="float32", seed=0, device=None,
+                 sigma=1.0, learn_sigma="fixed", objective="elbo", samples=1):
+        data_dim = _positive_int("data_dim", data_dim)
+        latent_dim = _positive_int("latent_dim", latent_dim)
+        if isinstance(hidden, (int, np.integer)):
+            hidden = (hidden,)
+        hidden = tuple(_positive_int("hidden size", h) for h in hidden)
+        if activation not in ACTIVATIONS:
+            raise MinivaeError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
+                               f"got {activation!r}")
+        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
+            raise MinivaeError(f"beta must be a finite number >= 0, got {beta!r}")
+        if objective not in objectives.OBJECTIVES:
+            raise MinivaeError(f"objective must be one of {', '.join(objectives.OBJECTIVES)}, "
+                               f"got {objective!r}")
+        self.config = dict(data_dim=data_dim, hidden=list(hidden), latent_dim=latent_dim,
+                           activation=activation, likelihood=likelihood, beta=float(beta),
+                           dtype=resolve_dtype(dtype).__name__, seed=int(seed),
+                           device=resolve_device(device), sigma=float(sigma),
+                           learn_sigma=learn_sigma, objective=objective,
+                           samples=_positive_int("samples", samples))
+        self.dtype = resolve_dtype(dtype)
+        self.xp = array_module(self.config["device"])
+        self.likelihood = make_likelihood(likelihood, sigma, learn_sigma)
+        self.data_dim, self.latent_dim, self.hidden = data_dim, latent_dim, hidden
+        self.beta, self.objective, self.samples = float(beta), objective, self.config["samples"]
+
+        enc_sizes = (data_dim, *hidden, 2 * latent_dim)
+        dec_sizes = (latent_dim, *hidden[::-1], data_dim)
+        shapes = {**mlp_shapes("enc", enc_sizes), **mlp_shapes("dec", dec_sizes),
+                  **self.likelihood.param_shapes(data_dim)}
+        self.buffer = ParamBuffer(shapes, xp=self.xp, dtype=self.dtype)
+        self.encoder = build_mlp(self.buffer, "enc", enc_sizes, activation, need_input_grad=False)
+        self.decoder = build_mlp(self.buffer, "dec", dec_sizes, activation)
+        self.likelihood.bind(self.buffer)
+        self.reset_parameters(seed)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def params(self):
+        """name -> view of the flat parameter buffer (writing to a view changes the model)."""
+        return self.buffer.params
+
+    @property
+    def grads(self):
+        """name -> view of the flat gradient buffer (overwritten by every backward pass)."""
+        return self.buffer.grads
+
+    def reset_parameters(self, seed):
+        rng = np.random.default_rng(seed)          # host draws: the same start on every device
+        for layer in (*self.encoder.layers, *self.decoder.layers):
+            if isinstance(layer, Linear):
+                Linear.init(layer.W, layer.b, rng)
+        if hasattr(self.likelihood, "init"):
+            self.likelihood.init()
+
+    # ------------------------------------------------------------------ passes
+    def encoder_forward(self, x):
+        """x (B, D) -> mu, logvar (B, Z): views of the head's output columns."""
+        h = self.encoder.forward(x)
+        return h[:, :self.latent_dim], h[:, self.latent_dim:]
+
+    def encoder_backward(self, dmu, dlogvar):
+        self.encoder.backward(self.xp.concatenate((dmu, dlogvar), axis=1))
+
+    def decoder_forward(self, z):
+        """z (N, Z) -> the likelihood's parameters (N, D)."""
+        return self.decoder.forward(z)
+
+    def decoder_backward(self, dout):
+        """dout (N, D) -> dz (N, Z), writing the decoder's parameter gradients."""
+        return self.decoder.backward(dout)
+
+    # ------------------------------------------------------------------ checks at the boundary
+    def check_data(self, x, name="x"):
+        """x as an array of this model's module and dtype, after checking shape and values."""
+        xp = self.xp
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise MinivaeError(f"{name} must be an array of shape (B, {self.data_dim}), "
+                               f"got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[1] != self.data_dim or x.shape[0] < 1:
+            raise MinivaeError(f"{name} must have shape (B, {self.data_dim}) with B >= 1, "
+                               f"got {tuple(x.shape)}")
+        if x.dtype.kind not in "fiub":
+            raise MinivaeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        x = xp.asarray(x, dtype=self.dtype)
+        if not bool(xp.isfinite(x).all()):
+            raise MinivaeError(f"{name} holds NaN or infinite values; clean the data first")
+        if self.likelihood.needs_unit_interval and not bool(((x >= 0) & (x <= 1)).all()):
+            raise MinivaeError(f"{name} has values outside [0, 1], which a Bernoulli likelihood "
+                               "cannot model; rescale the data or use likelihood='gaussian'")
+        return x
+
+    def _noise(self, B, eps, rng, samples=None):
+        S = self.samples if samples is None else _positive_int("samples", samples)
+        shape = (S, B, self.latent_dim)
+        if eps is None:
+            if rng is None:
+                raise MinivaeError("pass eps (noise of shape (S, B, Z)) or rng (a Generator)")
+            return rng.standard_normal(shape, dtype=self.dtype)
+        if eps.ndim == 2:
+            eps = eps[None]
+        if eps.ndim != 3 or eps.shape[1:] != shape[1:]:
+            raise MinivaeError(f"eps must have shape (S, {B}, {self.latent_dim}) or "
+                               f"({B}, {self.latent_dim}), got {tuple(eps.shape)}")
+        return self.xp.asarray(eps, dtype=self.dtype)
+
+    # ------------------------------------------------------------------ public surface
+    def forward_backward(self, x, eps):
+        """One pass of the configured objective; gradients land in ``self.buffer.grad``.
+
+        No input checks (the trainer checks its data once); returns 0-d device arrays.
+        """
+        if self.objective == "iwae":
+            return objectives.iwae_loss(self, x, eps)
+        return objectives.elbo_loss(self, x, eps, self.beta)
+
+    def loss_and_grads(self, x, eps=None, rng=None):
+        """(loss in nats per example, {name: gradient copy}).  With eps given it is deterministic.
+
+        x: (B, D); eps: (S, B, Z) or (B, Z) standard-normal noise, else drawn from rng.
+        """
+        x = self.check_data(x)
+        eps = self._noise(x.shape[0], eps, rng)
+        terms = self.forward_backward(x, eps)
+        return float(terms.loss), {k: g.copy() for k, g in self.grads.items()}
+
+    def loss(self, x, eps=None, rng=None):
+        """The objective alone (no gradients written), for finite differences and evaluation."""
+        x = self.check_data(x)
+        eps = self._noise(x.shape[0], eps, rng)
+        if self.objective == "iwae":
+            logw, _ = objectives.log_weights(self, x, eps)
+            return float(-self.xp.mean(objectives.logmeanexp(logw, axis=0)))
+        t = self.elbo(x, eps=eps)
+        return float(self.xp.mean(-t.rec + self.beta * t.kl))
+
+    def encode(self, x):
+        """(mu, logvar) of q(z|x), each (B, Z)."""
+        return self.encoder_forward(self.check_data(x))
+
+    def decode(self, z):
+        """The mean of p(x|z) (probabilities for a Bernoulli), (N, D), for z (N, Z)."""
+        z = self.xp.asarray(z, dtype=self.dtype)
+        if z.ndim != 2 or z.shape[1] != self.latent_dim:
+            raise MinivaeError(f"z must have shape (N, {self.latent_dim}), got {tuple(z.shape)}")
+        return self.likelihood.mean(self.decoder_forward(z))
+
+    def reconstruct(self, x):
+        """decode(mu(x)): the mean reconstruction through the posterior mean."""
+        mu, _ = self.encode(x)
+        return self.likelihood.mean(self.decoder_forward(mu))
+
+    def sample(self, n, rng):
+        """n draws of the mean of p(x|z), z ~ N(0, I): (n, D)."""
+        n = _positive_int("n", n)
+        if rng is None:
+            raise MinivaeError("sample needs rng, a seeded Generator (minivae.backend.make_rng)")
+        z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        return self.decode(z)
+
+    def elbo(self, x, eps=None, rng=None, samples=None):
+        """Per-example ELBO terms (B,), with S samples for the reconstruction term."""
+        x = self.check_data(x)
+        eps = self._noise(x.shape[0], eps, rng, samples)
+        S, B, Z = eps.shape
+        mu, logvar = self.encoder_forward(x)
+        z, _ = dist.reparameterize(mu, logvar, eps)
+        out = self.decoder_forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+        rec = -self.likelihood.nll(out, x).mean(axis=0)
+        kl = dist.kl_standard_normal(mu, logvar)
+        return ELBO(rec - kl, rec, kl)
+
+    def num_params(self):
+        return self.buffer.size
+
+    def __repr__(self):
+        c = self.config
+        return (f"VAE({c['data_dim']}-{'-'.join(map(str, c['hidden']))}-{c['latent_dim']}, "
+                f"{c['activation']}, {c['likelihood']}, beta={c['beta']}, {c['dtype']}, "
+                f"{c['device']}, {self.num_params()} parameters)")

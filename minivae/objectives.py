@@ -1,0 +1,122 @@
+"""Training objectives, each a forward pass and its hand-derived backward, reading top to bottom.
+
+Notation: x (B, D) a batch; eps (S, B, Z) standard-normal noise; q(z|x) = N(mu, exp(logvar)).
+
+ELBO with S samples and weight beta (beta = 1: the ELBO; beta != 1: the beta-VAE), in nats/example:
+    loss = 1/B sum_b [ 1/S sum_s -log p(x_b | z_sb) + beta * KL(q(z|x_b) || N(0, I)) ]
+    z_sb = mu_b + exp(logvar_b / 2) * eps_sb
+
+IWAE bound with K = S samples (Burda et al. 2016):
+    log w_sb = log p(x_b | z_sb) + log p(z_sb) - log q(z_sb | x_b)
+             = -nll_sb - 1/2 sum_j (z_sbj^2 - eps_sbj^2 - logvar_bj)        (the log 2 pi cancel)
+    loss = -1/B sum_b [ logsumexp_s log w_sb - log S ]
+    gradient: d loss / d log w_sb = -wt_sb / B with wt_b = softmax_s(log w_b) the normalised
+    weights, held constant: grad loss = -1/B sum_b sum_s wt_sb grad log w_sb.
+
+Both functions write the parameter gradients into the model's flat gradient buffer and return a
+``Terms`` of 0-d device arrays (no host synchronisation inside a training step).
+"""
+import math
+from collections import namedtuple
+
+from . import kernels
+from .backend import get_array_module
+
+Terms = namedtuple("Terms", "loss rec kl")
+Terms.__doc__ = """Batch means, in nats per example: loss (the objective), rec (-E_q log p(x|z),
+the distortion) and kl (KL(q(z|x) || p(z)), the rate)."""
+
+
+def elbo_loss(model, x, eps, beta):
+    """The (beta-)ELBO loss and its gradient.  x: (B, D); eps: (S, B, Z).
+
+    backward, the forward reversed (1/B and 1/S scale the per-example terms once, at the top):
+        dout              = 1/(S B) * d nll / d out                   (the likelihood's gradient)
+        dz                = decoder backward of dout                  (S, B, Z)
+        dmu, dlogvar      = reparameterisation backward of dz  +  beta/B * dKL   (fan-out: add)
+        encoder backward of (dmu, dlogvar)
+    """
+    xp = get_array_module(x)
+    S, B, Z = eps.shape
+    mu, logvar = model.encoder_forward(x)
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps)
+    out = model.decoder_forward(z.reshape(S * B, Z))
+    out = out.reshape(S, B, out.shape[-1])
+    nll, dout = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B))
+
+    rec = xp.mean(nll)                           # mean over samples and batch
+    kl_mean = xp.mean(kl)
+    loss = rec + kl_mean * kl_mean.dtype.type(beta)
+
+    dz = model.decoder_backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
+    dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, beta / B)
+    model.encoder_backward(dmu, dlogvar)
+    return Terms(loss, rec, kl_mean)
+
+
+def log_weights(model, x, eps):
+    """Importance log-weights log w_sb = log p(x_b, z_sb) - log q(z_sb | x_b): (S, B).
+
+    Forward only; also returns what the IWAE backward needs.
+    """
+    S, B, Z = eps.shape
+    mu, logvar = model.encoder_forward(x)
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps)
+    out = model.decoder_forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    return _log_w(model, out, x, z, eps, logvar), (mu, logvar, z, std, out, kl)
+
+
+def _log_w(model, out, x, z, eps, logvar):
+    nll = model.likelihood.nll(out, x)
+    half = z.dtype.type(0.5)
+    xp = get_array_module(z)
+    return -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)
+
+
+def logmeanexp(a, axis=0):
+    """log (1/n) sum exp(a) along axis, with the maximum subtracted first (never overflows)."""
+    xp = get_array_module(a)
+    m = xp.max(a, axis=axis, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)
+    out = xp.log(xp.mean(xp.exp(a - m), axis=axis)) + xp.squeeze(m, axis=axis)
+    return out
+
+
+def iwae_loss(model, x, eps):
+    """The K-sample IWAE loss (K = eps.shape[0]) and its gradient.
+
+    backward (wt = softmax over samples of log w, held constant):
+        d loss / d log w_sb = -wt_sb / B
+        log w depends on out through -nll:          dout = wt_sb / B * d nll / d out
+        on z through log p(z) = -z^2/2 + const:     dz   = decoder backward of dout + wt_sb / B * z
+        on logvar directly through -log q:          -log q = 1/2 sum (eps^2 + logvar) + const,
+                                                    so dlogvar += -1/B sum_s wt_sb / 2 = -1/(2B)
+        and dmu, dlogvar from dz by the reparameterisation backward (no KL term: it is inside w).
+    """
+    xp = get_array_module(x)
+    S, B, Z = eps.shape
+    mu, logvar = model.encoder_forward(x)
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps)
+    out = model.decoder_forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    nll, dout = model.likelihood.nll_and_grad(out, x, 1.0)
+    half = z.dtype.type(0.5)
+    logw = -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)        # (S, B)
+
+    m = xp.max(logw, axis=0, keepdims=True)
+    e = xp.exp(logw - m)
+    total = xp.sum(e, axis=0, keepdims=True)
+    wt = e / total                                                          # (S, B)
+    bound = xp.log(total[0]) + m[0] - z.dtype.type(math.log(S))            # (B,)
+    loss = -xp.mean(bound)
+
+    c = wt * z.dtype.type(1.0 / B)                                          # (S, B)
+    dout *= c[..., None]
+    dz = model.decoder_backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
+    dz += c[..., None] * z
+    dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, 0.0)
+    dlogvar -= z.dtype.type(0.5 / B)
+    model.encoder_backward(dmu, dlogvar)
+    return Terms(loss, xp.mean(nll), xp.mean(kl))
+
+
+OBJECTIVES = ("elbo", "iwae")

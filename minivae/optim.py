@@ -1,0 +1,96 @@
+"""Optimisers over one flat parameter buffer: a step is a few whole-buffer operations.
+
+    SGD with momentum   v <- mu v + g;          p <- p - lr v              (mu = 0: plain SGD)
+    Adam                m <- b1 m + (1-b1) g;   v <- b2 v + (1-b2) g^2
+                        p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t),
+                                                                    v_hat = v / (1 - b2^t)
+    clip_grad_norm      g <- g * min(1, max_norm / ||g||)  over the whole buffer
+"""
+import math
+
+from . import kernels
+from .backend import get_array_module
+from .errors import MinivaeError
+
+
+def _check_lr(lr):
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise MinivaeError(f"learning rate must be a positive number, got {lr!r}")
+    return float(lr)
+
+
+def clip_grad_norm(grad, max_norm):
+    """Scale the flat gradient in place so its L2 norm is at most max_norm; returns the norm
+    before clipping (a 0-d device array)."""
+    xp = get_array_module(grad)
+    norm = xp.sqrt(xp.dot(grad, grad))
+    scale = xp.minimum(grad.dtype.type(1), grad.dtype.type(max_norm) / (norm + grad.dtype.type(1e-12)))
+    grad *= scale
+    return norm
+
+
+class SGD:
+    """SGD with (heavy-ball) momentum over a ParamBuffer's flat data and grad arrays."""
+
+    def __init__(self, buffer, lr=1e-2, momentum=0.9):
+        self.lr = _check_lr(lr)
+        if not (0 <= momentum < 1):
+            raise MinivaeError(f"momentum must be in [0, 1), got {momentum!r}")
+        self.momentum = float(momentum)
+        self.p, self.g = buffer.data, buffer.grad
+        self.v = get_array_module(self.p).zeros_like(self.p)
+        self.t = 0
+
+    def step(self):
+        dt = self.p.dtype.type
+        self.v *= dt(self.momentum)
+        self.v += self.g
+        self.p -= dt(self.lr) * self.v
+        self.t += 1
+
+    def state(self):
+        return {"v": self.v}, {"t": self.t}
+
+    def load_state(self, arrays, scalars):
+        self.v[...] = arrays["v"]
+        self.t = int(scalars["t"])
+
+
+class Adam:
+    """Adam (Kingma & Ba) with bias correction, over a ParamBuffer's flat arrays."""
+
+    def __init__(self, buffer, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.lr = _check_lr(lr)
+        b1, b2 = betas
+        if not (0 <= b1 < 1 and 0 <= b2 < 1):
+            raise MinivaeError(f"Adam betas must be in [0, 1), got {betas!r}")
+        self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
+        self.p, self.g = buffer.data, buffer.grad
+        xp = get_array_module(self.p)
+        self.m, self.v = xp.zeros_like(self.p), xp.zeros_like(self.p)
+        self.t = 0
+
+    def step(self):
+        self.t += 1
+        kernels.adam_update(self.p, self.g, self.m, self.v, self.lr, self.beta1, self.beta2,
+                            self.eps, self.t)
+
+    def state(self):
+        """(arrays, scalars) to checkpoint."""
+        return {"m": self.m, "v": self.v}, {"t": self.t}
+
+    def load_state(self, arrays, scalars):
+        self.m[...] = arrays["m"]
+        self.v[...] = arrays["v"]
+        self.t = int(scalars["t"])
+
+
+OPTIMIZERS = {"adam": Adam, "sgd": SGD}
+
+
+def make_optimizer(name, buffer, lr):
+    try:
+        cls = OPTIMIZERS[name]
+    except KeyError:
+        raise MinivaeError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}") from None
+    return cls(buffer, lr=lr)
