@@ -135,7 +135,7 @@ def build_parser():
 
 
 # ------------------------------------------------------------------------------------ train
-TRAIN_DEFAULTS = dict(dataset="shapes", epochs=30, batch_size=128, lr=1e-3, hidden=(400,),
+TRAIN_DEFAULTS = dict(dataset="shapes", epochs=30, batch_size=128, lr=1e-3, hidden="400",
                       latent_dim=10, activation="relu")
 
 

@@ -62,7 +62,9 @@ def save_loss_curves(path, rows, title="training"):
             if pts:
                 e, v = zip(*pts)
                 ax.plot(e, v, style, ms=3, label=split)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("epoch (0: before training)")
+        if key != "kl":
+            ax.set_yscale("log")    # epoch 0 sits an order of magnitude above the rest
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
