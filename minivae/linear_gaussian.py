@@ -22,7 +22,8 @@ Which function supports which step of the derivation (claims of issue 3):
     C2  importance sampling: ``log_weights`` (log w = log p(x, z) - log q(z)) with any ``Gaussian``
         q; the mean of w is p(x) for every q (tested: E[p_hat / p(x)] = 1).
     C3  var(p_hat_K) / p(x)^2 = var(w) / (K p(x)^2): ``weight_relative_variance`` is var(w)/p(x)^2
-        in closed form; ``importance_log_likelihood(...).stderr`` is its sample estimate / sqrt(K).
+        in closed form (``log_weight_moment`` any moment); ``importance_log_likelihood(...).stderr``
+        is its sample estimate / sqrt(K).
     C4  q = ``posterior_gaussian(x)``: every log-weight equals log p(x); variance zero to round-off.
     C5  ``elbo`` <= ``iwae_bound`` (K) <= ``log_marginal``, equality for q = the posterior.
     C6  ``elbo(x, q) = log_marginal(x) - kl_to_posterior(x, q)`` exactly; ``fit_diagonal_q`` /
@@ -519,34 +520,56 @@ class LinearGaussian:
         stderr = per.std(axis=0, ddof=1) / math.sqrt(R) if R > 1 else np.full(per.shape[1], np.nan)
         return Estimate(per.mean(axis=0), stderr, R)
 
-    def weight_relative_variance(self, x, q, q_logvar=None):
-        """Exact var_q(w) / p(x)^2 = E_q[(w / p(x))^2] - 1 for the Gaussian proposal q, (B,)   (C3).
+    def log_weight_moment(self, x, q, order=2):
+        """Exact log E_q[(w / p(x))^n] for n = order >= 1 and a Gaussian proposal q, (B,); +inf where
+        the moment is infinite.
 
-        w / p(x) = p(z|x) / q(z), so E_q[(w/p)^2] = integral N(z; m, S)^2 / N(z; mu, Sigma) dz.
-        With P = M = S^{-1}, Lambda = Sigma^{-1}, d = m - mu and A = 2 M - Lambda, completing the
-        square in the exponent gives (finite iff A is positive definite)
-            log E_q[(w/p)^2] = log det M + 1/2 log det Sigma - 1/2 log det A
-                               + 1/2 [d^T Lambda d + (Lambda d)^T A^{-1} (Lambda d)],
-        and inf otherwise (q's tails too light: the weights have infinite variance).  Zero for
-        q = the posterior (C4).  For the prior, A = M + G / sigma^2 > 0 and w is bounded.  For
-        the optimal diagonal q (precision diag(M)), A = diag(M) + 2 offdiag(M): when Z = 2 it is
-        positive definite iff the posterior precision correlation |M_12| / sqrt(M_11 M_22) < 1/2.
-        A too narrow (under-dispersed) q such as a fitted diagonal encoder of a strongly
-        correlated posterior therefore gives weights of infinite variance: p_hat_K still
-        converges, but slower than 1/sqrt(K) and its reported stderr cannot be trusted.
+        w / p(x) = p(z|x) / q(z), so E_q[(w/p)^n] = integral N(z; m, S)^n N(z; mu, Sigma)^(1-n) dz.
+        Write y = z - m, d = m - mu, P = M = S^{-1}, Lambda = Sigma^{-1}.  The exponent is -Q/2 with
+            Q(y) = n y^T M y - (n-1) (y + d)^T Lambda (y + d)
+                 = y^T A y - 2 (n-1) y^T Lambda d - (n-1) d^T Lambda d,    A = n M - (n-1) Lambda.
+        The integral is finite iff A is positive definite; then Q's minimum is
+            Q* = -(n-1)^2 (Lambda d)^T A^{-1} (Lambda d) - (n-1) d^T Lambda d,
+        integral exp(-Q/2) dy = (2 pi)^{Z/2} det(A)^{-1/2} exp(-Q*/2), and the (2 pi) factors of the
+        n + (1 - n) densities leave (2 pi)^{-Z/2}, so
+            log E_q[(w/p)^n] = n/2 log det M + (n-1)/2 log det Sigma - 1/2 log det A
+                               + 1/2 [(n-1)^2 (Lambda d)^T A^{-1} (Lambda d) + (n-1) d^T Lambda d].
+        n = 1 gives 0 (E_q[w] = p(x), C2).  A fails to be positive definite when q is too narrow:
+        its tails are lighter than the posterior's, and p(z|x)^n / q(z)^(n-1) is not integrable.
         """
         x = self._x(x)
-        q = self._q(x, q, q_logvar)
+        q = self._q(x, q, None)
+        n = float(order)
+        if not (math.isfinite(n) and n >= 1):
+            raise MinivaeError(f"order must be a number >= 1, got {order!r}")
         Lam = q.precision()                                                  # (B, Z, Z)
-        A = 2.0 * self.M - Lam
+        A = n * self.M - (n - 1) * Lam
         finite = np.linalg.eigvalsh(A)[:, 0] > 0
         A = np.where(finite[:, None, None], A, np.eye(self.Z))
         d = self.posterior_mean(x) - q.mean
         Ld = (Lam @ d[..., None])[..., 0]
-        quad = (d * Ld).sum(axis=1) + (Ld * np.linalg.solve(A, Ld[..., None])[..., 0]).sum(axis=1)
-        log_m2 = self.logdet_M + 0.5 * q.logdet() - 0.5 * np.linalg.slogdet(A)[1] + 0.5 * quad
-        return np.where(finite, np.expm1(log_m2), np.inf)
+        quad = ((n - 1) ** 2 * (Ld * np.linalg.solve(A, Ld[..., None])[..., 0]).sum(axis=1)
+                + (n - 1) * (d * Ld).sum(axis=1))
+        log_m = (0.5 * n * self.logdet_M + 0.5 * (n - 1) * q.logdet()
+                 - 0.5 * np.linalg.slogdet(A)[1] + 0.5 * quad)
+        return np.where(finite, log_m, np.inf)
 
+    def weight_relative_variance(self, x, q, q_logvar=None):
+        """Exact var_q(w) / p(x)^2 = E_q[(w / p(x))^2] - 1 for the Gaussian proposal q, (B,)   (C3);
+        the relative variance of the K-sample estimate is this / K.  See ``log_weight_moment``
+        (n = 2, A = 2 M - Lambda); +inf where the weights have infinite variance.
+
+        Zero for q = the posterior (C4).  For the prior, A = M + G / sigma^2 > 0 (and w / p(x) =
+        p(x|z) / p(x) is bounded, so every moment is finite).  For the optimal diagonal q
+        (precision diag(M)), A = diag(M) + 2 offdiag(M): when Z = 2 it is positive definite iff the
+        posterior precision correlation rho = M_12 / sqrt(M_11 M_22) has |rho| < 1/2 (the n-th
+        moment has A = diag(M) + n offdiag(M): finite iff |rho| < 1/n).  A too narrow
+        (under-dispersed) q such as a fitted diagonal encoder of a strongly correlated posterior
+        therefore gives weights of infinite variance: p_hat_K still converges, but slower than
+        1/sqrt(K), and a reported stderr cannot be trusted.
+        """
+        log_m2 = self.log_weight_moment(x, as_gaussian(q, q_logvar), 2)
+        return np.where(np.isfinite(log_m2), np.expm1(np.minimum(log_m2, 700.0)), np.inf)
 
 def _sample_relative_variance(lw):
     """var(w) / mean(w)^2 along axis 0 from log-weights (K, B), computed on w~ = exp(lw - max)."""
