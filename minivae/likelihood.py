@@ -63,3 +63,19 @@ def importance_log_likelihood(model, x, k, rng, rows=10000, progress=False):
         if bar is not None:
             bar.close()
     return out
+
+
+def active_units(model, x, threshold=0.01, batch=1000):
+    """Latent dimensions in use: Var_x(E_q[z_j | x]) > threshold (Burda et al. 2016, sec. 5.2).
+
+    Returns (count, per-dimension variances as a host float64 array (Z,)).  A unit whose
+    posterior mean does not move with the input carries no information about x: the KL term
+    has collapsed it onto the prior.
+    """
+    xp = model.xp
+    means = []
+    for i in range(0, len(x), batch):
+        mu, _ = model.encode(to_device(x[i:i + batch], xp, model.dtype))
+        means.append(to_host(mu).astype(np.float64))
+    variances = np.concatenate(means).var(axis=0)
+    return int((variances > threshold).sum()), variances

@@ -1,0 +1,177 @@
+"""The standard dynamically binarised MNIST results, reproduced, side by side with the PyTorch peer.
+
+Protocol (the peer's, ../shared/bench/vaecommon.py): all 60,000 training images, a fresh
+Bernoulli sample of the grey levels for every batch; the test set binarised once with
+np.random.default_rng(1001); the test ELBO with one sample after every epoch; an importance-
+sampled log p(x) at the end.  Architectures:
+
+    784-400-20  ReLU, Adam 1e-3, batch 128            (the common example model)
+    784-200-200-50  tanh, batch 20, the IWAE paper's schedule: lr = 1e-3 * 10^(-i/7) for 3^i
+                    epochs, i = 0..7 (3,280 epochs in all; --epochs cuts it short)
+
+    python scripts/mnist_results.py --arch 784-400-20 --act relu --epochs 10 --seeds 0 1 2 --peer
+    python scripts/mnist_results.py --arch 784-200-200-50 --act tanh --batch 20 \
+        --schedule iwae --epochs 30 --seeds 0 --final-iwae 5000
+
+Writes <out>/results.json and <out>/curves.png; prints one JSON line.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+import minivae
+from minivae.backend import make_rng
+from minivae.data import load_dataset
+from minivae.likelihood import active_units, importance_log_likelihood
+from minivae.model import VAE
+from minivae.train import TrainConfig, Trainer, read_metrics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BENCH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench"))
+# the peer's README: test ELBO after each of 10 epochs, 784-400-20, median of 3 seeds
+PEER_README_CURVE = [-125.40, -113.21, -108.88, -106.86, -105.53, -104.41, -103.72, -103.05,
+                     -102.55, -102.06]
+
+
+def iwae_schedule(epochs, lr0=1e-3):
+    """[(epochs_in_stage, lr)], stage i: 3^i epochs at lr0 * 10^(-i/7), cut at `epochs`."""
+    stages, done, i = [], 0, 0
+    while done < epochs and i < 8:
+        n = min(3 ** i, epochs - done)
+        stages.append((n, lr0 * 10 ** (-i / 7)))
+        done += n
+        i += 1
+    return stages
+
+
+def run_minivae(args, seed, data, out_dir):
+    dims = [int(d) for d in args.arch.split("-")]
+    model = VAE(dims[0], tuple(dims[1:-1]), dims[-1], args.act, "bernoulli", seed=seed,
+                objective=args.objective, samples=args.k)
+    run_dir = os.path.join(out_dir, f"minivae-seed{seed}")
+    os.makedirs(run_dir, exist_ok=False)
+    stages = iwae_schedule(args.epochs) if args.schedule == "iwae" else [(args.epochs, args.lr)]
+    cfg = TrainConfig(epochs=0, batch_size=args.batch, lr=stages[0][1], seed=seed)
+    trainer = Trainer(model, data, cfg, run_dir, log=lambda m: print(f"[seed {seed}] {m}",
+                                                                        file=sys.stderr))
+    t0 = time.perf_counter()
+    for n, lr in stages:
+        trainer.cfg.epochs += n
+        trainer.opt.lr = lr
+        trainer.fit()
+    wall = time.perf_counter() - t0
+    rows = read_metrics(run_dir)
+    train_s = sum(r["seconds"] for r in rows)
+    res = dict(seed=seed, wall_s=round(wall, 1), train_s=round(train_s, 1),
+               epochs=trainer.epoch, test_elbo_per_epoch=[round(r["test_elbo"], 3)
+                                                          for r in rows[1:]])
+    xi = data.test[:args.iwae_n]
+    t0 = time.perf_counter()
+    ll = importance_log_likelihood(model, xi, args.iwae_k, make_rng([seed, 4]))
+    res.update(iwae_k=args.iwae_k, iwae_n=len(xi), iwae_logpx=round(float(ll.mean()), 3),
+               iwae_s=round(time.perf_counter() - t0, 2))
+    if args.final_iwae:
+        xf = data.test[:args.final_iwae_n]
+        t0 = time.perf_counter()
+        ll = importance_log_likelihood(model, xf, args.final_iwae, make_rng([seed, 5]))
+        res.update(final_iwae_k=args.final_iwae, final_iwae_n=len(xf),
+                   final_logpx=round(float(ll.mean()), 3),
+                   final_logpx_stderr=round(float(ll.std(ddof=1) / np.sqrt(len(ll))), 3),
+                   final_iwae_s=round(time.perf_counter() - t0, 1))
+    res["active_units"] = active_units(model, data.test)[0]
+    return res
+
+
+def run_peer(args, seed):
+    py = os.path.join(BENCH, ".venv", "bin", "python")
+    if not os.path.exists(py):
+        raise SystemExit(f"the peer needs its venv: bash {BENCH}/setup.sh")
+    cmd = [py, os.path.join(BENCH, "torch_vae.py"), "--data", "mnist", "--data-dir",
+           args.data_dir, "--epochs", str(args.epochs), "--batch", str(args.batch),
+           "--arch", args.arch, "--act", args.act, "--seed", str(seed), "--threads", "2",
+           "--eval-each-epoch", "--eval-iwae", str(args.iwae_k), "--iwae-n", str(args.iwae_n)]
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["wall_s"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def plot(path, ours, peer, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for runs, label, style in ((ours, "minivae", "-o"), (peer, "PyTorch peer (this run)", "-s")):
+        if runs:
+            curves = np.array([r["test_elbo_per_epoch"] for r in runs])
+            e = np.arange(1, curves.shape[1] + 1)
+            ax.plot(e, np.median(curves, 0), style, ms=3, label=f"{label}, median of {len(runs)}")
+            if len(runs) > 1:
+                ax.fill_between(e, curves.min(0), curves.max(0), alpha=0.2)
+    if "784-400-20" in title:
+        ax.plot(np.arange(1, 11), PEER_README_CURVE, "k--", lw=1, label="peer README (3 seeds)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test ELBO, nats (one sample)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    lo = min(min(r["test_elbo_per_epoch"][1:] or r["test_elbo_per_epoch"]) for r in ours + peer)
+    ax.set_ylim(lo - 3, max(-80, lo + 40))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="784-400-20")
+    p.add_argument("--act", default="relu")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--schedule", choices=("constant", "iwae"), default="constant")
+    p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    p.add_argument("--k", type=int, default=1, help="training samples (IWAE K)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--data-dir", default=os.path.join(HERE, "..", "..", "shared", "data", "mnist"))
+    p.add_argument("--peer", action="store_true", help="also run the PyTorch peer, same seeds")
+    p.add_argument("--iwae-k", type=int, default=1000)
+    p.add_argument("--iwae-n", type=int, default=1000)
+    p.add_argument("--final-iwae", type=int, default=0, help="K of a final log p(x) estimate")
+    p.add_argument("--final-iwae-n", type=int, default=10000)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    args.data_dir = os.path.abspath(args.data_dir)
+    out = args.out or os.path.join("runs", f"mnist-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.makedirs(out, exist_ok=False)
+    data = load_dataset("mnist", data_dir=args.data_dir, binarize="dynamic", valid_size=0)
+    ours, peer = [], []
+    for seed in args.seeds:                       # side by side: one after the other, per seed
+        ours.append(run_minivae(args, seed, data, out))
+        if args.peer:
+            peer.append(run_peer(args, seed))
+    med = lambda runs, k: round(statistics.median(r[k] for r in runs), 3) if runs else None
+    summary = dict(minivae_version=minivae.__version__, arch=args.arch, act=args.act,
+                   batch=args.batch, schedule=args.schedule, epochs=args.epochs,
+                   seeds=args.seeds, openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
+                   minivae_final_test_elbo=med([dict(x=r["test_elbo_per_epoch"][-1])
+                                                for r in ours], "x"),
+                   minivae_iwae_logpx=med(ours, "iwae_logpx"),
+                   peer_final_test_elbo=med(peer, "test_elbo"),
+                   peer_iwae_logpx=med(peer, "iwae_logpx"), minivae=ours, peer=peer)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    plot(os.path.join(out, "curves.png"), ours, peer,
+         f"dynamically binarised MNIST, {args.arch} {args.act}, batch {args.batch}")
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("minivae", "peer")}))
+
+
+if __name__ == "__main__":
+    main()
