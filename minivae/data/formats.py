@@ -124,9 +124,13 @@ def read_idx(path):
             if got < need:
                 raise MinivaeError(f"{path}: truncated {kind}: {got} bytes of data after the "
                                    f"header, needs {need} ({what}); {_FIX}")
-            if gz and f.read(1):
-                raise MinivaeError(f"{path}: over-long {kind}: more than the {need} bytes of "
-                                   f"data its header claims ({what}); {_FIX}")
+            if gz:
+                extra = 0
+                while chunk := f.read(1 << 20):    # count what is left, in constant memory
+                    extra += len(chunk)
+                if extra:
+                    raise MinivaeError(f"{path}: over-long {kind}: {need + extra} bytes of data "
+                                       f"after the header, needs {need} ({what}); {_FIX}")
     except _GZIP_ERRORS as e:
         if not gz:
             raise MinivaeError(f"cannot read IDX file {path}: {e}") from None
@@ -145,7 +149,7 @@ def _amat_line_error(path, buf, ends, i):
     else:
         bad = next((j for j, v in enumerate(values) if v not in (b"0", b"1")), None)
         if bad is not None:
-            what = f"value {bad + 1} is {values[bad][:20]!r}"
+            what = f"value {bad + 1} is {values[bad][:20].decode('latin-1')!r}"
         else:
             what = "separators other than single spaces"
     return MinivaeError(f"{path}: line {i + 1}: {what}; every line must hold exactly "
