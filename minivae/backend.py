@@ -73,10 +73,10 @@ def is_gpu_array(x):
 def resolve_dtype(dtype):
     """np.float32 or np.float64 from a name or a dtype; anything else is an error."""
     try:
-        dt = np.dtype(dtype)
-    except TypeError:
+        dt = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
         dt = None
-    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if dt is None or dt.type not in (np.float32, np.float64):
         raise MinivaeError(f"dtype must be float32 or float64, got {dtype!r}")
     return dt.type
 
