@@ -421,7 +421,7 @@ def binarize_batch(x, rng, out=None):
     ``rng.random(x.shape, dtype=x.dtype)``.
     """
     dtype = getattr(x, "dtype", None)
-    if dtype not in (np.dtype(np.float32), np.dtype(np.float64)):
+    if not isinstance(dtype, np.dtype) or dtype not in (np.float32, np.float64):
         raise MinivaeError(f"binarize_batch: x must be a float32 or float64 array of grey levels "
                            f"in [0, 1], got {type(x).__name__} of dtype {dtype}")
     if out is None:
@@ -484,7 +484,8 @@ def load_dataset(name, data_dir=None, binarize="dynamic", valid_size=None, seed=
 
     name: one of DATASETS.
     data_dir: a folder holding the files (or one with a sub-folder per dataset); None: the
-        MINIVAE_DATA_DIR folder if set, else the cache, else a download (see the module doc).
+        MINIVAE_DATA_DIR folder if set, else the cache, else a download (see the module doc);
+        ignored for shapes.
     binarize: "dynamic" (default; train stays grey and the trainer samples each batch with
         binarize_batch; valid and test are binarised once, with np.random.default_rng(1002)
         and default_rng(1001) respectively, so every evaluation sees the same bits; the test
