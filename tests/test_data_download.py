@@ -243,7 +243,8 @@ def test_user_folder_is_used_verified_and_never_downloads(server, cache, tmp_pat
     msg = error_of(fetch, "toy", [spec], data_dir=folder, progress=False)
     assert str(folder / "good.bin") in msg and sha(PAYLOAD) in msg
     (folder / "good.bin").write_bytes(PAYLOAD)
-    assert fetch("toy", [spec], data_dir=folder, progress=False) == {"good.bin": folder / "good.bin"}
+    paths = fetch("toy", [spec], data_dir=folder, progress=False)
+    assert paths == {"good.bin": folder / "good.bin"}
     assert server.requests == [] and listing(cache) == []
     assert listing(folder) == ["good.bin"]      # no stamp written into the user's folder
 
@@ -292,8 +293,10 @@ def idx(array):
 def tiny_mnist(server, monkeypatch):
     """A 40/12-image 'mnist' served locally, registered in place of the real files."""
     rng = np.random.default_rng(5)
-    arrays = {"train-images": rng.integers(0, 256, (40, 28, 28)), "train-labels": np.arange(40) % 10,
-              "test-images": rng.integers(0, 256, (12, 28, 28)), "test-labels": np.arange(12) % 10}
+    arrays = {"train-images": rng.integers(0, 256, (40, 28, 28)),
+              "train-labels": np.arange(40) % 10,
+              "test-images": rng.integers(0, 256, (12, 28, 28)),
+              "test-labels": np.arange(12) % 10}
     specs = []
     for key, a in arrays.items():
         spec = serve(server, f"{key}.gz", idx(a))
@@ -304,13 +307,14 @@ def tiny_mnist(server, monkeypatch):
 
 def test_load_dataset_downloads_splits_and_binarises(tiny_mnist, cache):
     ds = load_dataset("mnist", valid_size=10, seed=3, progress=False)
-    assert ds.train.shape == (30, 784) and ds.valid.shape == (10, 784) and ds.test.shape == (12, 784)
+    assert (ds.train.shape, ds.valid.shape, ds.test.shape) == ((30, 784), (10, 784), (12, 784))
     assert all(a.dtype == np.float32 for a in (ds.train, ds.valid, ds.test))
     grey = tiny_mnist["train-images"].reshape(40, 784).astype(np.float32) / np.float32(255)
     # the split is a partition of the training images, each part in file order
     perm = np.random.default_rng(3).permutation(40)
     np.testing.assert_array_equal(ds.train, grey[np.sort(perm[10:])])
-    np.testing.assert_array_equal(ds.labels["train"], tiny_mnist["train-labels"][np.sort(perm[10:])])
+    np.testing.assert_array_equal(ds.labels["train"],
+                                  tiny_mnist["train-labels"][np.sort(perm[10:])])
     test_grey = tiny_mnist["test-images"].reshape(12, 784).astype(np.float32) / np.float32(255)
     expected = np.random.default_rng(1001).random(test_grey.shape, np.float32) < test_grey
     np.testing.assert_array_equal(ds.test, expected.astype(np.float32))

@@ -257,7 +257,8 @@ def mutate(data, edits):
 @given(edits=st.lists(mutation, min_size=1, max_size=4), gz=st.booleans(),
        after_gzip=st.booleans(), labels=st.booleans())
 def test_fuzz_idx_mutated(tmp_path, edits, gz, after_gzip, labels):
-    arr = np.arange(24, dtype=np.uint8) if labels else np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    arr = np.arange(24, dtype=np.uint8)
+    arr = arr if labels else arr.reshape(2, 3, 4)
     raw = idx_bytes(arr)
     if gz and after_gzip:                       # corrupt the compressed stream itself
         data = mutate(gzip.compress(raw, mtime=0), edits)

@@ -265,8 +265,8 @@ def _find_in_folder(dataset, spec, folder):
     others = [src.name for src in spec.sources[1:]]
     also = f" (or {' or '.join(others)})" if others else ""
     raise MinivaeError(f"folder {folder} has no {spec.sources[0].name}{also}, needed for "
-                       f"{dataset}: download it from {spec.url} into that folder, or leave "
-                       f"data_dir unset to download into the cache")
+                       f"{dataset}: download it from {spec.url} into that folder, or unset "
+                       f"data_dir and MINIVAE_DATA_DIR to download it into the cache")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,9 +427,11 @@ def binarize_batch(x, rng, out=None):
     if out is None:
         return (rng.random(x.shape, dtype=dtype) < x).astype(dtype)
     if out is x or getattr(out, "shape", None) != x.shape or getattr(out, "dtype", None) != dtype:
+        got = "x itself" if out is x else (f"{type(out).__name__} of shape "
+                                           f"{getattr(out, 'shape', None)} and dtype "
+                                           f"{getattr(out, 'dtype', None)}")
         raise MinivaeError(f"binarize_batch: out must be another array of x's shape {x.shape} "
-                           f"and dtype {dtype}, got "
-                           f"{'x itself' if out is x else (getattr(out, 'shape', out), getattr(out, 'dtype', None))}")
+                           f"and dtype {dtype}, got {got}")
     if isinstance(out, np.ndarray) and out.flags.c_contiguous:
         rng.random(dtype=dtype, out=out)          # the same draws as rng.random(x.shape, dtype)
     else:
