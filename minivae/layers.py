@@ -150,6 +150,76 @@ class Sequential:
         return dy
 
 
+class FusedMLP:
+    """The forward and backward of a Sequential [Linear, act, Linear, act, ..., Linear] for N rows,
+    in preallocated buffers and fused kernels: the same math as the layers, without allocating.
+
+        forward    h_i = f(h_{i-1} @ W_i + b_i)   GEMM into h_i, then bias + f in place (one pass)
+                   (the last layer: h = h_{i-1} @ W + b, no activation)
+        backward   given g_i = dL/d(h_{i-1} @ W_i + b_i):
+                   dW_i = h_{i-1}^T g_i,  db_i = sum over rows of g_i,  dx_i = g_i @ W_i^T,
+                   g_{i-1} = dx_i * f'(h_{i-1})   (one pass that also sums db_{i-1})
+
+    The forward cache (x and the h_i) lives here, not in the layers, so using the layers (the
+    model's public encode/decode/elbo) between the forward and the backward of a training step
+    cannot disturb it.  The buffers belong to the plan: the caller reads the output before the
+    next forward.  Parameter gradients are written into the layers' views of the flat gradient.
+    """
+
+    def __init__(self, seq, n):
+        self.linears = [layer for layer in seq.layers if isinstance(layer, Linear)]
+        self.acts = [layer.name for layer in seq.layers if isinstance(layer, Activation)]
+        W = self.linears[0].W
+        self.xp = get_array_module(W)
+        self.n, self.dtype = n, W.dtype
+        self.h = [self.xp.empty((n, L.W.shape[1]), W.dtype) for L in self.linears]
+        self.dx = [None] * len(self.linears)        # input-gradient buffers, made on first use
+        self._x = None
+
+    def forward(self, x):
+        """x (N, Din) -> the last layer's output (N, Dout), a buffer of this plan."""
+        xp, last = self.xp, len(self.linears) - 1
+        self._x = x
+        inp = x
+        for i, L in enumerate(self.linears):
+            h = self.h[i]
+            xp.matmul(inp, L.W, out=h)
+            if i < last:
+                kernels.bias_act_forward(self.acts[i], h, L.b, out=h)
+            else:
+                h += L.b
+            inp = h
+        return inp
+
+    def backward(self, dy, db_done=False):
+        """dy (N, Dout): gradient of the last output -> dx (N, Din) (None for a first layer that
+        needs none).  db_done: the last layer's bias gradient was already written (fused into
+        the likelihood kernel)."""
+        x, self._x = self._x, None
+        if x is None:
+            raise RuntimeError("FusedMLP.backward called without a forward")
+        xp = self.xp
+        for i in range(len(self.linears) - 1, -1, -1):
+            L = self.linears[i]
+            inp = x if i == 0 else self.h[i - 1]
+            xp.matmul(inp.T, dy, out=L.dW)
+            if not db_done:
+                dy.sum(axis=0, out=L.db)
+            if i == 0 and not L.need_dx:
+                return None
+            if self.dx[i] is None:
+                self.dx[i] = xp.empty((self.n, L.W.shape[0]), self.dtype)
+            dx = self.dx[i]
+            xp.matmul(dy, L.W.T, out=dx)
+            if i == 0:
+                return dx
+            # the activation's backward, fused with the previous layer's bias gradient
+            kernels.act_backward(self.acts[i - 1], dx, self.h[i - 1], out=dx,
+                                 db=self.linears[i - 1].db)
+            dy, db_done = dx, True
+        return None
+
+
 def mlp_shapes(prefix, sizes):
     """Parameter shapes of an MLP with layer widths ``sizes`` = (Din, H1, ..., Dout).
 

@@ -16,7 +16,7 @@ from . import distributions as dist
 from . import objectives
 from .backend import array_module, resolve_device, resolve_dtype
 from .errors import MinivaeError
-from .layers import ACTIVATIONS, build_mlp, Linear, mlp_shapes
+from .layers import ACTIVATIONS, build_mlp, FusedMLP, Linear, mlp_shapes
 from .likelihoods import make_likelihood
 from .params import ParamBuffer
 
@@ -29,6 +29,18 @@ def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise MinivaeError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+class StepBuffers:
+    """z (S, B, Z), std (B, Z), kl (B,), nll (S, B) and dhead (B, 2Z): the encoder head's gradient,
+    whose column halves receive dmu and dlogvar directly (no concatenation)."""
+
+    def __init__(self, xp, dtype, S, B, Z):
+        self.z = xp.empty((S, B, Z), dtype)
+        self.std = xp.empty((B, Z), dtype)
+        self.kl = xp.empty(B, dtype)
+        self.nll = xp.empty((S, B), dtype)
+        self.dhead = xp.empty((B, 2 * Z), dtype)
 
 
 class VAE:
@@ -82,6 +94,7 @@ class VAE:
         self.encoder = build_mlp(self.buffer, "enc", enc_sizes, activation, need_input_grad=False)
         self.decoder = build_mlp(self.buffer, "dec", dec_sizes, activation)
         self.likelihood.bind(self.buffer)
+        self._workspaces = {}       # (what, sizes) -> FusedMLP or StepBuffers, reused step to step
         self.reset_parameters(seed)
 
     # ------------------------------------------------------------------ parameters
@@ -119,6 +132,28 @@ class VAE:
     def decoder_backward(self, dout):
         """dout (N, D) -> dz (N, Z), writing the decoder's parameter gradients."""
         return self.decoder.backward(dout)
+
+    # ------------------------------------------------------------------ workspaces
+    MAX_WORKSPACES = 8          # distinct (kind, size) entries kept, oldest dropped first
+
+    def _workspace(self, key, make):
+        ws = self._workspaces.get(key)
+        if ws is None:
+            if len(self._workspaces) >= self.MAX_WORKSPACES:
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[key] = make()
+        return ws
+
+    def _plan(self, which, n):
+        """The FusedMLP of the encoder ('enc') or decoder ('dec') for n rows, made once per n
+        (a full batch and the last short batch each get their own, neither reallocated)."""
+        return self._workspace((which, n), lambda: FusedMLP(
+            self.encoder if which == "enc" else self.decoder, n))
+
+    def _step_buffers(self, S, B):
+        """Buffers of one step's latent quantities for S samples of a batch of B."""
+        return self._workspace(("step", S, B), lambda: StepBuffers(self.xp, self.dtype, S, B,
+                                                                   self.latent_dim))
 
     # ------------------------------------------------------------------ checks at the boundary
     def check_data(self, x, name="x"):

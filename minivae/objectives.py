@@ -35,39 +35,63 @@ def elbo_loss(model, x, eps, beta):
         dz                = decoder backward of dout                  (S, B, Z)
         dmu, dlogvar      = reparameterisation backward of dz  +  beta/B * dKL   (fan-out: add)
         encoder backward of (dmu, dlogvar)
+
+    Runs on the model's workspaces (``model._plan``, ``model._step_buffers``): fused kernels,
+    GEMMs into preallocated outputs, nothing allocated once a batch size has been seen.
     """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    mu, logvar = model.encoder_forward(x)
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps)
-    out = model.decoder_forward(z.reshape(S * B, Z))
+    ws = model._step_buffers(S, B)
+    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
+    head = enc.forward(x)
+    mu, logvar = head[:, :Z], head[:, Z:]
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    out = dec.forward(z.reshape(S * B, Z))
     out = out.reshape(S, B, out.shape[-1])
-    nll, dout = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B))
+    nll, dout, db_done = _nll_and_grad(model, dec, out, x, 1.0 / (S * B), ws)
 
     rec = xp.mean(nll)                           # mean over samples and batch
     kl_mean = xp.mean(kl)
     loss = rec + kl_mean * kl_mean.dtype.type(beta)
 
-    dz = model.decoder_backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
-    dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, beta / B)
-    model.encoder_backward(dmu, dlogvar)
+    dz = dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
+    kernels.reparam_kl_backward(dz, eps, std, mu, logvar, beta / B,
+                                out=(ws.dhead[:, :Z], ws.dhead[:, Z:]))
+    enc.backward(ws.dhead)
     return Terms(loss, rec, kl_mean)
+
+
+def _nll_and_grad(model, dec, out, x, scale, ws):
+    """(nll, dout, db_done).  Bernoulli: one fused pass that overwrites the logits (a decoder
+    buffer) with their gradient and writes the last decoder bias's gradient too."""
+    if model.likelihood.name == "bernoulli":
+        nll, dout = kernels.bernoulli_nll_grad(out, x, scale, out=(ws.nll, out),
+                                               db=dec.linears[-1].db)
+        return nll, dout, True
+    nll, dout = model.likelihood.nll_and_grad(out, x, scale)
+    return nll, dout, False
 
 
 def log_weights(model, x, eps):
     """Importance log-weights log w_sb = log p(x_b, z_sb) - log q(z_sb | x_b): (S, B).
 
-    Forward only; also returns what the IWAE backward needs.
+    Forward only; also returns what the IWAE backward needs (mu, logvar, z, std, out, kl): views
+    of the model's workspaces, valid until its next pass with the same sizes.
     """
     S, B, Z = eps.shape
-    mu, logvar = model.encoder_forward(x)
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps)
-    out = model.decoder_forward(z.reshape(S * B, Z)).reshape(S, B, -1)
-    return _log_w(model, out, x, z, eps, logvar), (mu, logvar, z, std, out, kl)
+    ws = model._step_buffers(S, B)
+    head = model._plan("enc", B).forward(x)
+    mu, logvar = head[:, :Z], head[:, Z:]
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    out = model._plan("dec", S * B).forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    return _log_w(model, out, x, z, eps, logvar, ws), (mu, logvar, z, std, out, kl)
 
 
-def _log_w(model, out, x, z, eps, logvar):
-    nll = model.likelihood.nll(out, x)
+def _log_w(model, out, x, z, eps, logvar, ws=None):
+    if model.likelihood.name == "bernoulli":
+        nll = kernels.bernoulli_nll(out, x, out=None if ws is None else ws.nll)
+    else:
+        nll = model.likelihood.nll(out, x)
     half = z.dtype.type(0.5)
     xp = get_array_module(z)
     return -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)
@@ -95,9 +119,12 @@ def iwae_loss(model, x, eps):
     """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    mu, logvar = model.encoder_forward(x)
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps)
-    out = model.decoder_forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    ws = model._step_buffers(S, B)
+    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
+    head = enc.forward(x)
+    mu, logvar = head[:, :Z], head[:, Z:]
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    out = dec.forward(z.reshape(S * B, Z)).reshape(S, B, -1)
     nll, dout = model.likelihood.nll_and_grad(out, x, 1.0)
     half = z.dtype.type(0.5)
     logw = -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)        # (S, B)
@@ -111,11 +138,17 @@ def iwae_loss(model, x, eps):
 
     c = wt * z.dtype.type(1.0 / B)                                          # (S, B)
     dout *= c[..., None]
-    dz = model.decoder_backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
+    lik = model.likelihood
+    if getattr(lik, "log_sigma", None) is not None:   # a learned log sigma: weight it by c too
+        _, _, dls = kernels.gaussian_nll_grad(out, x, lik.log_sigma, 1.0)
+        dls *= c[..., None]
+        lik.dlog_sigma[...] = dls.sum(axis=(0, 1)) if lik.learn == "per-dim" else dls.sum()
+    dz = dec.backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
     dz += c[..., None] * z
-    dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, 0.0)
+    dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, 0.0,
+                                               out=(ws.dhead[:, :Z], ws.dhead[:, Z:]))
     dlogvar -= z.dtype.type(0.5 / B)
-    model.encoder_backward(dmu, dlogvar)
+    enc.backward(ws.dhead)
     return Terms(loss, xp.mean(nll), xp.mean(kl))
 
 

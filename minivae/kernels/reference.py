@@ -9,6 +9,7 @@ Shapes: S Monte Carlo samples, B batch, Z latent, D data.
 from .. import distributions as dist
 from ..backend import get_array_module
 
+LOG_2PI = dist.LOG_2PI
 LEAKY_SLOPE = 0.01
 ELU_ALPHA = 1.0
 
@@ -81,6 +82,11 @@ def bernoulli_nll_grad(logits, x, scale):
     logits: (S, B, D); x: (B, D) (broadcast over S).
     """
     return dist.bernoulli_nll(logits, x), logits.dtype.type(scale) * dist.bernoulli_nll_grad(logits, x)
+
+
+def bernoulli_nll(logits, x):
+    """nll (S, B) = sum_d softplus(l) - x l    logits: (S, B, D); x: (B, D)."""
+    return dist.bernoulli_nll(logits, x)
 
 
 def gaussian_nll_grad(mean, x, log_sigma, scale):

@@ -1,0 +1,415 @@
+"""Numba kernels for NumPy arrays: each hot elementwise chain of a training step in one pass.
+
+Design requirements:
+
+* Same values as ``reference.py`` (the specification) up to float round-off; the tests in
+  ``tests/test_kernels.py`` compare every kernel with it in float32 and float64.
+* ``@njit(cache=True)``: nothing is compiled at import; the first call compiles (a few seconds)
+  and writes the machine code to ``__pycache__``, so later processes load it in milliseconds.
+* ``error_model="numpy"``: a float division never raises (Python's ZeroDivisionError check would
+  stop LLVM from vectorising the loops); ``fastmath`` stays off, so no reassociation: results do
+  not depend on the vector width.
+* Serial.  On the 2-core machines this is written for, a ``parallel=True`` kernel between two
+  multithreaded OpenBLAS GEMMs made the step several times slower (the two thread pools fight
+  for the cores); one thread per elementwise pass measured best.
+* Every kernel writes into caller-given output arrays (``out=``-style arguments), so a training
+  step reuses its buffers and allocates nothing.
+
+float32 exp and log1p.  Numba calls the C library's scalar ``expf``/``log1pf``, and a loop that
+calls a function cannot be vectorised.  For float32 the exponentials of the Bernoulli
+likelihood, sigmoid, softplus and tanh therefore use the Cephes polynomial approximations below
+(written in plain arithmetic, which LLVM vectorises; about 1-2 ulp), float64 keeps ``math``:
+    exp(-a), a >= 0:  a = n ln2 + r, |r| <= ln2/2;  exp(-a) = 2^-n * P(-r)   (0 below 2^-126)
+    log1p(e), e in [0, 1]:  s = e / (2 + e) in [0, 1/3];  log1p(e) = 2 atanh(s)
+                            = 2 s (1 + s^2/3 + s^4/5 + ... + s^12/13)   (next term < 2^-26)
+    tanh(x):  |x| < 0.625: Cephes' odd polynomial;  else sign(x) (1 - e) / (1 + e), e = exp(-2|x|)
+
+Shapes: S samples, B batch, Z latent, D data, H hidden.
+"""
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import njit
+from numba.core import types
+from numba.extending import intrinsic, overload
+
+_jit = dict(cache=True, error_model="numpy", fastmath=False)
+f32 = np.float32
+
+
+# ----------------------------------------------------------------------------- scalar helpers
+@intrinsic
+def _int_bits_as_f32(typingctx, i):
+    """The float32 whose IEEE bits are the low 32 bits of the integer i (a bitcast)."""
+    if not isinstance(i, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(builder.trunc(args[0], ir.IntType(32)), ir.FloatType())
+    return types.float32(i), codegen
+
+
+@njit(**_jit)
+def _exp_neg_f32(a):
+    """exp(-a) for float32 a >= 0 (Cephes expf); 0 where the result would be subnormal."""
+    x = -min(a, f32(87.0))
+    n = np.floor(x * f32(1.44269504088896341) + f32(0.5))
+    r = x - n * f32(0.693359375) + n * f32(2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    p = p * r + f32(1.3981999507e-3)
+    p = p * r + f32(8.3334519073e-3)
+    p = p * r + f32(4.1665795894e-2)
+    p = p * r + f32(1.6666665459e-1)
+    p = p * r + f32(5.0000001201e-1)
+    p = p * r * r + r + f32(1.0)
+    e = p * _int_bits_as_f32((np.int64(n) + 127) << 23)
+    return e if a < f32(87.33654) else f32(0.0)
+
+
+@njit(**_jit)
+def _log1p_unit_f32(e):
+    """log1p(e) for float32 e in [0, 1] as 2 atanh(e / (2 + e))."""
+    s = e / (f32(2.0) + e)
+    s2 = s * s
+    p = f32(1.0 / 13.0)
+    p = p * s2 + f32(1.0 / 11.0)
+    p = p * s2 + f32(1.0 / 9.0)
+    p = p * s2 + f32(1.0 / 7.0)
+    p = p * s2 + f32(1.0 / 5.0)
+    p = p * s2 + f32(1.0 / 3.0)
+    p = p * s2 + f32(1.0)
+    return f32(2.0) * s * p
+
+
+@njit(**_jit)
+def _tanh_f32(x):
+    a = abs(x)
+    z = x * x
+    p = f32(-5.70498872745e-3)
+    p = p * z + f32(2.06390887954e-2)
+    p = p * z - f32(5.37397155531e-2)
+    p = p * z + f32(1.33314422036e-1)
+    p = p * z - f32(3.33332819422e-1)
+    small = p * z * x + x
+    e = _exp_neg_f32(f32(2.0) * a)
+    big = (f32(1.0) - e) / (f32(1.0) + e)
+    big = big if x >= 0 else -big
+    return small if a < f32(0.625) else big
+
+
+def _exp_neg(a):
+    """exp(-a), a >= 0: fast polynomial for float32, the C library for float64."""
+
+
+def _log1p_unit(e):
+    """log1p(e), e in [0, 1]."""
+
+
+def _tanh(x):
+    """tanh(x)."""
+
+
+@overload(_exp_neg)
+def _exp_neg_impl(a):
+    if a == types.float32:
+        return lambda a: _exp_neg_f32(a)
+    return lambda a: math.exp(-a)
+
+
+@overload(_log1p_unit)
+def _log1p_unit_impl(e):
+    if e == types.float32:
+        return lambda e: _log1p_unit_f32(e)
+    return lambda e: math.log1p(e)
+
+
+@overload(_tanh)
+def _tanh_impl(x):
+    if x == types.float32:
+        return lambda x: _tanh_f32(x)
+    return lambda x: math.tanh(x)
+
+
+@njit(**_jit)
+def _lane_sum(t, n):
+    """sum(t[:n]) with 16 interleaved partial sums (vectorisable; no reassociation needed)."""
+    acc = np.zeros(16, t.dtype)
+    m = n - n % 16
+    for j in range(0, m, 16):
+        for k in range(16):
+            acc[k] += t[j + k]
+    s = acc[0]
+    for k in range(1, 16):
+        s += acc[k]
+    for j in range(m, n):
+        s += t[j]
+    return s
+
+
+# ----------------------------------------------------------------------------- activations
+# Forward: y = f(h + b) for h (N, H), b (H,).  Backward: dx = dy * g(y); when db has length H
+# (else length 0) also db = dx.sum(0), the bias gradient of the Linear layer before.  out may be h
+# (forward) or dy (backward): every element is read before it is written.
+
+@njit(**_jit)
+def bias_relu(h, b, out):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            v = h[i, j] + b[j]
+            out[i, j] = v if v > 0 else f32(0.0)
+
+
+@njit(**_jit)
+def bias_leaky_relu(h, b, out, slope):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            v = h[i, j] + b[j]
+            out[i, j] = v if v > 0 else v * slope
+
+
+@njit(**_jit)
+def bias_tanh(h, b, out):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            out[i, j] = _tanh(h[i, j] + b[j])
+
+
+@njit(**_jit)
+def bias_sigmoid(h, b, out):
+    one = f32(1.0)
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            v = h[i, j] + b[j]
+            e = _exp_neg(abs(v))
+            s = one / (one + e)
+            out[i, j] = s if v >= 0 else e * s
+
+
+@njit(**_jit)
+def bias_softplus(h, b, out):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            v = h[i, j] + b[j]
+            out[i, j] = (v if v > 0 else f32(0.0)) + _log1p_unit(_exp_neg(abs(v)))
+
+
+@njit(**_jit)
+def bias_elu(h, b, out, alpha):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            v = h[i, j] + b[j]
+            out[i, j] = v if v > 0 else alpha * math.expm1(min(v, f32(0.0)))
+
+
+@njit(**_jit)
+def _db_init(db, n):
+    for j in range(n):
+        db[j] = 0
+
+
+@njit(**_jit)
+def back_relu(dy, y, out, db):
+    H = dy.shape[1]
+    acc = db.shape[0] == H
+    if acc:
+        _db_init(db, H)
+    for i in range(dy.shape[0]):
+        for j in range(H):
+            g = dy[i, j] if y[i, j] > 0 else f32(0.0)
+            out[i, j] = g
+            if acc:
+                db[j] += g
+
+
+@njit(**_jit)
+def back_leaky_relu(dy, y, out, db, slope):
+    H = dy.shape[1]
+    acc = db.shape[0] == H
+    if acc:
+        _db_init(db, H)
+    for i in range(dy.shape[0]):
+        for j in range(H):
+            g = dy[i, j] * (f32(1.0) if y[i, j] > 0 else slope)
+            out[i, j] = g
+            if acc:
+                db[j] += g
+
+
+@njit(**_jit)
+def back_tanh(dy, y, out, db):
+    H = dy.shape[1]
+    acc = db.shape[0] == H
+    if acc:
+        _db_init(db, H)
+    for i in range(dy.shape[0]):
+        for j in range(H):
+            v = y[i, j]
+            g = dy[i, j] * (f32(1.0) - v * v)
+            out[i, j] = g
+            if acc:
+                db[j] += g
+
+
+@njit(**_jit)
+def back_sigmoid(dy, y, out, db):
+    H = dy.shape[1]
+    acc = db.shape[0] == H
+    if acc:
+        _db_init(db, H)
+    for i in range(dy.shape[0]):
+        for j in range(H):
+            v = y[i, j]
+            g = dy[i, j] * (v * (f32(1.0) - v))
+            out[i, j] = g
+            if acc:
+                db[j] += g
+
+
+@njit(**_jit)
+def back_softplus(dy, y, out, db):
+    H = dy.shape[1]
+    acc = db.shape[0] == H
+    if acc:
+        _db_init(db, H)
+    for i in range(dy.shape[0]):
+        for j in range(H):
+            g = dy[i, j] * -math.expm1(-y[i, j])
+            out[i, j] = g
+            if acc:
+                db[j] += g
+
+
+@njit(**_jit)
+def back_elu(dy, y, out, db, alpha):
+    H = dy.shape[1]
+    acc = db.shape[0] == H
+    if acc:
+        _db_init(db, H)
+    for i in range(dy.shape[0]):
+        for j in range(H):
+            v = y[i, j]
+            g = dy[i, j] * (f32(1.0) if v > 0 else v + alpha)
+            out[i, j] = g
+            if acc:
+                db[j] += g
+
+
+# ----------------------------------------------------------------------------- q(z|x)
+@njit(**_jit)
+def reparam_kl(mu, logvar, eps, z, std, kl):
+    """z = mu + exp(logvar/2) eps;  kl_b = 1/2 sum_j (mu^2 + exp(logvar) - 1 - logvar).
+
+    mu, logvar, std: (B, Z);  eps, z: (S, B, Z);  kl: (B,)."""
+    S, B, Z = eps.shape
+    half = f32(0.5)
+    for b in range(B):
+        acc = f32(0.0)
+        for j in range(Z):
+            lv = logvar[b, j]
+            m = mu[b, j]
+            s = math.exp(lv * half)
+            std[b, j] = s
+            acc += m * m + math.exp(lv) - f32(1.0) - lv
+        kl[b] = half * acc
+    for s_ in range(S):
+        for b in range(B):
+            for j in range(Z):
+                z[s_, b, j] = mu[b, j] + std[b, j] * eps[s_, b, j]
+
+
+@njit(**_jit)
+def reparam_kl_backward(dz, eps, std, mu, logvar, w, dmu, dlogvar):
+    """dmu = sum_s dz + w mu;  dlogvar = sum_s dz eps std / 2 + w expm1(logvar) / 2."""
+    S, B, Z = dz.shape
+    half = f32(0.5)
+    for b in range(B):
+        for j in range(Z):
+            a = f32(0.0)
+            c = f32(0.0)
+            for s_ in range(S):
+                a += dz[s_, b, j]
+                c += dz[s_, b, j] * eps[s_, b, j] * std[b, j] * half
+            dmu[b, j] = a + w * mu[b, j]
+            dlogvar[b, j] = c + w * (math.expm1(logvar[b, j]) * half)
+
+
+# ----------------------------------------------------------------------------- p(x|z)
+@njit(**_jit)
+def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
+    """nll[s, b] = sum_d softplus(l) - x l;  grad = scale (sigmoid(l) - x), may be logits itself.
+
+    logits, grad: (S, B, D); x: (B, D); nll: (S, B); db: (D,) receives grad summed over (s, b)
+    (the bias gradient of the layer that produced the logits), or length 0 to skip it."""
+    S, B, D = logits.shape
+    one = f32(1.0)
+    t = np.empty(D, logits.dtype)
+    acc = db.shape[0] == D
+    if acc:
+        _db_init(db, D)
+    for s_ in range(S):
+        for b in range(B):
+            for d in range(D):
+                l = logits[s_, b, d]
+                xv = x[b, d]
+                e = _exp_neg(abs(l))
+                t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(e)) - xv * l
+                q = one / (one + e)
+                g = scale * ((q if l >= 0 else e * q) - xv)
+                grad[s_, b, d] = g
+                if acc:
+                    db[d] += g
+            nll[s_, b] = _lane_sum(t, D)
+
+
+@njit(**_jit)
+def bernoulli_nll(logits, x, nll):
+    """nll[s, b] = sum_d softplus(l) - x l      logits: (S, B, D); x: (B, D); nll: (S, B)."""
+    S, B, D = logits.shape
+    t = np.empty(D, logits.dtype)
+    for s_ in range(S):
+        for b in range(B):
+            for d in range(D):
+                l = logits[s_, b, d]
+                t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(_exp_neg(abs(l)))) - x[b, d] * l
+            nll[s_, b] = _lane_sum(t, D)
+
+
+@njit(**_jit)
+def gaussian_nll_grad(mean, x, log_sigma, scale, half_log2pi, nll, dmean, dlogsig):
+    """nll[s, b] = sum_d r^2/2 + log sigma_d + log(2 pi)/2, r = (x - m)/sigma_d;
+    dmean = scale (m - x)/sigma_d^2;  dlogsig = scale (1 - (x - m)^2/sigma_d^2).
+
+    mean, dmean, dlogsig: (S, B, D); x: (B, D); log_sigma: (D,) (broadcast by the caller)."""
+    S, B, D = mean.shape
+    half = f32(0.5)
+    inv_sig = np.empty(D, mean.dtype)
+    inv_var = np.empty(D, mean.dtype)
+    for d in range(D):
+        inv_sig[d] = math.exp(-log_sigma[d])
+        inv_var[d] = math.exp(-f32(2.0) * log_sigma[d])
+    t = np.empty(D, mean.dtype)
+    for s_ in range(S):
+        for b in range(B):
+            for d in range(D):
+                m = mean[s_, b, d]
+                r = (x[b, d] - m) * inv_sig[d]
+                t[d] = half * r * r + log_sigma[d] + half_log2pi
+                dd = m - x[b, d]
+                dmean[s_, b, d] = scale * (dd * inv_var[d])
+                dlogsig[s_, b, d] = scale * (f32(1.0) - dd * dd * inv_var[d])
+            nll[s_, b] = _lane_sum(t, D)
+
+
+# ----------------------------------------------------------------------------- Adam
+@njit(**_jit)
+def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step, inv_c2, eps):
+    """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - step m / (sqrt(v inv_c2) + eps)
+    with step = lr / (1 - b1^t), inv_c2 = 1 / (1 - b2^t); flat buffers, in place."""
+    for i in range(p.shape[0]):
+        gi = g[i]
+        mi = m[i] * beta1 + one_minus_beta1 * gi
+        vi = v[i] * beta2 + one_minus_beta2 * (gi * gi)
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step * mi / (math.sqrt(vi * inv_c2) + eps)
