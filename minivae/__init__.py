@@ -1,12 +1,23 @@
 """minivae: variational autoencoders from scratch on plain arrays, every gradient derived by hand.
 
-    >>> import minivae
+    >>> import numpy as np, minivae
     >>> model = minivae.VAE(data_dim=784, hidden=(400,), latent_dim=20, seed=0)
-    >>> loss, grads = model.loss_and_grads(x)          # x: float32 (B, 784) in [0, 1]
+    >>> x = (np.random.default_rng(0).random((8, 784)) < 0.5).astype(np.float32)
+    >>> loss, grads = model.loss_and_grads(x, rng=np.random.default_rng(1))
+
+Modules, one purpose each: backend (numpy | cupy, dtypes, generators), params (one flat buffer),
+layers, distributions, likelihoods, objectives (ELBO, IWAE), model (VAE), optim, gradcheck,
+likelihood (importance-sampled log p(x)), linear_gaussian (exact ground truth), estimators
+(score function vs reparameterisation), kernels (fused CPU/GPU kernels beside their reference),
+data, train, checkpoint, plots, cli.
 
 Importing minivae compiles nothing and never imports CuPy.
 """
+from . import gradcheck
 from .errors import MinivaeError
+from .gradcheck import check_gradient, check_vjp
+from .model import ELBO, VAE
 
 __version__ = "0.1.0"
-__all__ = ["MinivaeError", "__version__"]
+__all__ = ["VAE", "ELBO", "MinivaeError", "gradcheck", "check_vjp", "check_gradient",
+           "__version__"]
