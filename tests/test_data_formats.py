@@ -123,7 +123,7 @@ def test_idx_absurd_header_refused_before_allocating(tmp_path, gz, dims):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - t0 < 1.0
+    assert time.perf_counter() - t0 < 20      # a guard against a hang, not a speed test
     assert peak < 1 << 20                       # nothing near the claimed size was allocated
     assert str(dims[0] * dims[1] * dims[2]) in msg
 
