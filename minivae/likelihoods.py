@@ -104,6 +104,9 @@ class Gaussian:
 
 
 def make_likelihood(name, sigma=1.0, learn_sigma="fixed"):
+    if learn_sigma not in SIGMA_MODES:
+        raise MinivaeError(f"learn_sigma must be one of {', '.join(SIGMA_MODES)}, "
+                           f"got {learn_sigma!r}")
     if name == "bernoulli":
         return Bernoulli()
     if name == "gaussian":

@@ -25,6 +25,16 @@ ELBO.__doc__ = """Per-example terms (B,): elbo = rec - kl, rec = E_q[log p(x|z)]
 estimate), kl = KL(q(z|x) || N(0, I)) (closed form)."""
 
 
+def _finite_number(name, value, low, strict=False):
+    """A real number (Python or NumPy scalar) >= low (> low when strict), as a float."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+          and math.isfinite(value) and (value > low if strict else value >= low))
+    if not ok:
+        raise MinivaeError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, "
+                           f"got {value!r}")
+    return float(value)
+
+
 def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise MinivaeError(f"{name} must be a positive integer, got {value!r}")
@@ -69,8 +79,10 @@ class VAE:
         if activation not in ACTIVATIONS:
             raise MinivaeError(f"activation must be one of {', '.join(ACTIVATIONS)}, "
                                f"got {activation!r}")
-        if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta >= 0):
-            raise MinivaeError(f"beta must be a finite number >= 0, got {beta!r}")
+        beta = _finite_number("beta", beta, low=0.0)
+        sigma = _finite_number("sigma", sigma, low=0.0, strict=True)
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise MinivaeError(f"seed must be an integer >= 0, got {seed!r}")
         if objective not in objectives.OBJECTIVES:
             raise MinivaeError(f"objective must be one of {', '.join(objectives.OBJECTIVES)}, "
                                f"got {objective!r}")
@@ -182,6 +194,9 @@ class VAE:
             if rng is None:
                 raise MinivaeError("pass eps (noise of shape (S, B, Z)) or rng (a Generator)")
             return rng.standard_normal(shape, dtype=self.dtype)
+        if not hasattr(eps, "ndim"):
+            raise MinivaeError(f"eps must be an array of shape (S, {B}, {self.latent_dim}), got "
+                               f"{type(eps).__name__}")
         if eps.ndim == 2:
             eps = eps[None]
         if eps.ndim != 3 or eps.shape[1:] != shape[1:]:
