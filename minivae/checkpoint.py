@@ -1,6 +1,6 @@
 """Checkpoints: one ``.npz`` written atomically and read without pickle.
 
-Contents
+Contents (each an ``.npy`` member of an uncompressed zip, as ``np.savez`` writes it)
     params            the flat parameter buffer (model dtype)
     opt.<name>        the optimiser's state arrays (Adam: m, v)
     extra.<name>      other arrays the trainer needs to resume (the epoch's data order)
@@ -9,13 +9,24 @@ Contents
 
 Writing: a temporary file in the same folder, flushed and fsync'd, then ``os.replace`` onto the
 target and the folder fsync'd.  A crash at any moment leaves either the old checkpoint or the new
-one, never a torn file.  Reading: ``np.load(allow_pickle=False)``, the format version checked, and
-every array's name, shape and dtype checked against the config before anything is used.
+one, never a torn file; a failed write removes its temporary file.
+
+Reading trusts nothing in the file.  ``np.load`` is not used: it allocates whatever an ``.npy``
+header claims before reading a byte of data, and it returns a bare array for a file that is an
+``.npy`` rather than an ``.npz``.  Instead the zip directory is read first, and every member must
+be stored uncompressed, be no larger than the file itself, hold a plain numeric (or, for meta,
+unicode) dtype and exactly the bytes its header declares.  ``meta`` is read first (bounded by
+MAX_META_BYTES) and its format version checked; then, when the caller passes ``expect``, every
+other member's name, shape and dtype are checked against what the config implies *before* its
+data is read.  Anything else ends in a one-line MinivaeError naming the file.
 """
+import io
 import json
 import os
+import struct
 import tempfile
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,18 +34,41 @@ from .backend import to_host
 from .errors import MinivaeError
 
 FORMAT_VERSION = 1
-MAX_META_BYTES = 16 << 20
+MAX_META_BYTES = 16 << 20          # the JSON meta record, as stored (4 bytes per character)
+MAX_MEMBERS = 64                   # arrays in one checkpoint
+MAX_NPY_HEADER = 10000             # numpy's own bound on an .npy header, in characters
+_NPY_PREAMBLE = 12                 # magic (6) + version (2) + header length (2 or 4)
+
+# what a damaged or hostile zip / .npy can raise from the standard library and numpy's header
+# parser; each is turned into a MinivaeError naming the file
+_PARSE_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+                 KeyError, IndexError, TypeError, struct.error, NotImplementedError,
+                 RuntimeError, OverflowError, UnicodeError, RecursionError)
 
 
+class Expect(NamedTuple):
+    """What one array must be: shape (ints; None for a length the file decides), dtype (a
+    numpy dtype, or a kind letter such as 'i' for any integer type), and whether it must be
+    present."""
+    shape: tuple
+    dtype: object
+    required: bool = True
+
+
+# ------------------------------------------------------------------------------------- writing
 def atomic_write(path, write):
-    """Call write(f) on a temporary file beside path, fsync it, and rename it onto path."""
+    """Call write(f) on a temporary file beside path, fsync it, and rename it onto path.
+
+    Any failure (a full disk, a read-only folder, an interrupt) removes the temporary file and
+    leaves whatever was at path before untouched; an OSError becomes a one-line MinivaeError.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
     except OSError as e:
-        raise MinivaeError(f"cannot write {path}: {e.strerror}; check the folder exists and is "
-                           "writable (earlier files were left as they were)") from None
+        raise MinivaeError(f"cannot write {path}: {e.strerror or e}; check the folder exists and "
+                           "is writable (earlier files were left as they were)") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -68,51 +102,175 @@ def save(path, params, meta, opt_arrays=None, extra_arrays=None):
         arrays[f"opt.{k}"] = to_host(a)
     for k, a in (extra_arrays or {}).items():
         arrays[f"extra.{k}"] = to_host(a)
-    meta = dict(meta, format_version=FORMAT_VERSION)
-    arrays["meta"] = np.array(json.dumps(meta))
+    if len(arrays) + 1 > MAX_MEMBERS:
+        raise MinivaeError(f"a checkpoint holds at most {MAX_MEMBERS} arrays, got {len(arrays) + 1}")
+    for k, a in arrays.items():
+        if a.dtype.hasobject or a.dtype.kind not in "biuf":
+            raise MinivaeError(f"checkpoint array {k} has dtype {a.dtype}; only numeric arrays "
+                               "are saved (no pickle)")
+    text = json.dumps(dict(meta, format_version=FORMAT_VERSION), allow_nan=False)
+    if 4 * len(text) > MAX_META_BYTES:
+        raise MinivaeError(f"checkpoint meta record of {len(text)} characters exceeds "
+                           f"{MAX_META_BYTES // 4}; keep large data in arrays")
+    arrays["meta"] = np.array(text)
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def load(path):
+# ------------------------------------------------------------------------------------- reading
+def _damaged(path, what):
+    return MinivaeError(f"{path}: {what}; the file is damaged or not a minivae checkpoint")
+
+
+def _members(path, zf, file_size):
+    """{array name: ZipInfo} after structural checks that read no array data."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise _damaged(path, f"{len(infos)} members, more than the {MAX_MEMBERS} allowed")
+    out = {}
+    for info in infos:
+        name = info.filename
+        if not name.endswith(".npy") or len(name) > 200 or not name[:-4].isprintable():
+            raise _damaged(path, f"unexpected member {name[:60]!r}")
+        key = name[:-4]
+        if key in out:
+            raise _damaged(path, f"member {key!r} appears twice")
+        if info.flag_bits & 0x1:
+            raise _damaged(path, f"member {key!r} is encrypted")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise _damaged(path, f"member {key!r} is compressed (minivae writes them stored)")
+        if info.file_size > file_size or info.header_offset + info.file_size > file_size:
+            raise _damaged(path, f"member {key!r} claims {info.file_size} bytes, more than the "
+                                 f"file's {file_size}")
+        out[key] = info
+    return out
+
+
+def _read_npy(path, zf, info, key, expect=None, max_bytes=None):
+    """The array in one .npy member, checked against expect before its data is read.
+
+    max_bytes bounds the member's size (declared in the zip directory) before anything is read.
+    """
+    size = info.file_size
+    if max_bytes is not None and size > max_bytes + _NPY_PREAMBLE + MAX_NPY_HEADER + 64:
+        raise _damaged(path, f"array {key} takes {size} bytes, more than its "
+                             f"{max_bytes} allowed")
+    buf = zf.read(info)                       # exactly `size` bytes; the zip CRC is checked here
+    if len(buf) != size:
+        raise _damaged(path, f"array {key} is truncated")
+    f = io.BytesIO(buf)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f, MAX_NPY_HEADER)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f, MAX_NPY_HEADER)
+    else:
+        raise _damaged(path, f"array {key} has .npy format {version}")
+    if dtype.hasobject:
+        raise MinivaeError(f"{path}: array {key} holds Python objects (pickle), which minivae "
+                           "never loads; the file is not a minivae checkpoint")
+    if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufU" \
+            or dtype.itemsize == 0:
+        raise _damaged(path, f"array {key} has unsupported dtype {dtype}")
+    if any(d < 0 for d in shape):
+        raise _damaged(path, f"array {key} has a negative length in its shape {shape}")
+    if expect is not None:
+        want_shape, want_dtype = expect.shape, expect.dtype
+        ok_shape = (len(shape) == len(want_shape)
+                    and all(w is None or w == d for w, d in zip(want_shape, shape)))
+        ok_dtype = (dtype.kind == want_dtype if isinstance(want_dtype, str)
+                    else dtype == np.dtype(want_dtype))
+        if not (ok_shape and ok_dtype):
+            want = tuple("N" if w is None else w for w in want_shape)
+            wdt = {"i": "an integer type"}.get(want_dtype, want_dtype) \
+                if isinstance(want_dtype, str) else np.dtype(want_dtype)
+            raise MinivaeError(f"{path}: array {key} has shape {tuple(shape)} dtype {dtype}, the "
+                               f"config needs {want} {wdt}; the file does not match its config")
+    count = 1
+    for d in shape:
+        count *= d
+    offset = f.tell()
+    if count * dtype.itemsize != size - offset:
+        raise _damaged(path, f"array {key} declares {count * dtype.itemsize} bytes of data but "
+                             f"holds {size - offset}")
+    a = np.frombuffer(buf, dtype=dtype, count=count, offset=offset)
+    a = a.reshape(shape, order="F" if fortran else "C").copy()
+    if a.dtype.byteorder not in "=|":
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
+def load(path, expect=None):
     """(params, meta, opt_arrays, extra_arrays) from a checkpoint, after structural checks.
 
-    Raises MinivaeError naming the file for anything unreadable or inconsistent.  The caller
-    checks the arrays against the model the config describes (``check_against``).
+    expect: None, or a function meta -> {array name: Expect} (names as stored: "params",
+        "opt.m", "extra.perm", ...).  With it, an array missing from the file or not named
+        there, or with another shape or dtype, is refused before its data is read, so a config
+        cannot make the reader allocate more than the file holds.  It may raise MinivaeError
+        for a meta it cannot accept.
+    Raises MinivaeError naming the file for anything unreadable or inconsistent.  Without
+    expect the caller checks the arrays against the model its config builds (``check_against``).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MinivaeError(f"no checkpoint at {path}; pass a run directory or a .npz written by "
                            "minivae train")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
-            if "meta" not in names or "params" not in names:
+        file_size = os.path.getsize(path)
+        with zipfile.ZipFile(path) as zf:
+            members = _members(path, zf, file_size)
+            if "meta" not in members or "params" not in members:
                 raise MinivaeError(f"{path} is not a minivae checkpoint (no meta/params arrays)")
-            meta_arr = z["meta"]
-            if meta_arr.dtype.kind != "U" or meta_arr.ndim != 0 or meta_arr.nbytes > MAX_META_BYTES:
-                raise MinivaeError(f"{path}: malformed meta record; the file is damaged")
+            meta_arr = _read_npy(path, zf, members["meta"], "meta", max_bytes=MAX_META_BYTES)
+            if meta_arr.dtype.kind != "U" or meta_arr.ndim != 0:
+                raise _damaged(path, "malformed meta record")
+            meta = _parse_meta(path, str(meta_arr))
+            specs = expect(meta) if expect is not None else None
             arrays = {}
-            for k in names:
-                if k != "meta":
-                    arrays[k] = z[k]
+            for key, info in members.items():
+                if key == "meta":
+                    continue
+                spec = None
+                if specs is not None:
+                    if key not in specs:
+                        raise _damaged(path, f"unexpected array {key!r}")
+                    spec = specs[key]
+                bound = None
+                if spec is not None and None not in spec.shape and not isinstance(spec.dtype, str):
+                    bound = int(np.prod(spec.shape, dtype=object)) * np.dtype(spec.dtype).itemsize
+                arrays[key] = _read_npy(path, zf, info, key, spec, bound)
+            for key, spec in (specs or {}).items():
+                if spec.required and key not in arrays:
+                    raise _damaged(path, f"array {key!r} is missing")
     except MinivaeError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    except _PARSE_ERRORS as e:
         raise MinivaeError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: "
-                           f"{str(e)[:120]}); it is damaged or not a minivae checkpoint") from None
+                           f"{_one_line(e)}); it is damaged or not a minivae checkpoint") from None
+    params = arrays["params"]
+    if params.ndim != 1 or params.dtype.kind != "f":
+        raise _damaged(path, f"params has shape {params.shape} dtype {params.dtype}, not a flat "
+                             "float buffer")
+    opt = {k[4:]: a for k, a in arrays.items() if k.startswith("opt.")}
+    extra = {k[6:]: a for k, a in arrays.items() if k.startswith("extra.")}
+    return params, meta, opt, extra
+
+
+def _one_line(e):
+    return " ".join(str(e).split())[:120]
+
+
+def _parse_meta(path, text):
     try:
-        meta = json.loads(str(meta_arr))
-    except ValueError:
-        raise MinivaeError(f"{path}: meta record is not valid JSON; the file is damaged") from None
+        meta = json.loads(text)
+    except (ValueError, RecursionError):
+        raise _damaged(path, "meta record is not valid JSON") from None
     if not isinstance(meta, dict):
-        raise MinivaeError(f"{path}: meta record is not a JSON object; the file is damaged")
+        raise _damaged(path, "meta record is not a JSON object")
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise MinivaeError(f"{path} has checkpoint format {version!r}, this minivae reads "
                            f"format {FORMAT_VERSION}; use the minivae version that wrote it")
-    opt = {k[4:]: a for k, a in arrays.items() if k.startswith("opt.")}
-    extra = {k[6:]: a for k, a in arrays.items() if k.startswith("extra.")}
-    return arrays["params"], meta, opt, extra
+    return meta
 
 
 def check_against(path, params, opt_arrays, model):
@@ -123,6 +281,6 @@ def check_against(path, params, opt_arrays, model):
         if a.shape != want or a.dtype != dt:
             raise MinivaeError(f"{path}: array {name} has shape {a.shape} dtype {a.dtype}, the "
                                f"config needs {want} {dt}; the file does not match its config")
-    if not np.isfinite(params).all():
-        raise MinivaeError(f"{path}: parameters hold NaN or infinite values; use an earlier "
-                           "checkpoint")
+        if not np.isfinite(a).all():
+            raise MinivaeError(f"{path}: array {name} holds NaN or infinite values; use an "
+                               "earlier checkpoint")

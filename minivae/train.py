@@ -18,18 +18,31 @@ import json
 import math
 import os
 import signal
+import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from . import checkpoint
-from .backend import make_rng, to_device, to_host
+from .backend import make_rng, resolve_dtype, to_device, to_host
 from .errors import MinivaeError
+from .layers import mlp_shapes
+from .likelihoods import make_likelihood
 from .model import VAE
-from .optim import clip_grad_norm, make_optimizer
+from .optim import OPTIMIZERS, make_optimizer
+from .params import ParamBuffer
 
 CHECKPOINT = "checkpoint.npz"
+METRICS = "metrics.jsonl"
+
+
+def _is_int(v, lo=0):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo
+
+
+def _is_real(v):
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 @dataclass
@@ -45,18 +58,27 @@ class TrainConfig:
     eval_batch: int = 1000
 
     def check(self):
+        """self, after checking every field; a bad one raises a one-line MinivaeError."""
         for name in ("epochs", "batch_size", "eval_batch"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
+            lo = 0 if name == "epochs" else 1
+            if not _is_int(v, lo):
                 raise MinivaeError(f"{name.replace('_', '-')} must be a "
-                                   f"{'non-negative' if name == 'epochs' else 'positive'} "
+                                   f"{'non-negative' if lo == 0 else 'positive'} "
                                    f"integer, got {v!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise MinivaeError(f"lr must be a positive number, got {self.lr!r}")
-        if not (math.isfinite(self.clip) and self.clip >= 0):
-            raise MinivaeError(f"clip must be a number >= 0, got {self.clip!r}")
+        if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
+            raise MinivaeError(f"lr must be a positive finite number, got {self.lr!r}")
+        if not (_is_real(self.clip) and math.isfinite(self.clip) and self.clip >= 0):
+            raise MinivaeError(f"clip must be a finite number >= 0, got {self.clip!r}")
+        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
+            raise MinivaeError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                               f"got {self.optimizer!r}")
+        if not _is_int(self.seed, 0):
+            raise MinivaeError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise MinivaeError(f"on-nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
+        if not isinstance(self.drop_last, bool):
+            raise MinivaeError(f"drop_last must be True or False, got {self.drop_last!r}")
         return self
 
 
@@ -71,6 +93,11 @@ class Interrupted(Exception):
 def evaluate(model, x, rng, batch=1000, samples=1):
     """Held-out means over x (N, D), in nats per example: loss (-ELBO with the model's beta),
     rec (-E_q log p(x|z)), kl and elbo.  Noise from rng; batched to bound memory."""
+    if not _is_int(batch, 1):
+        raise MinivaeError(f"batch must be a positive integer, got {batch!r}")
+    if not hasattr(x, "shape") or len(x) < 1:
+        raise MinivaeError(f"x must be an array of at least one example, got "
+                           f"{getattr(x, 'shape', type(x).__name__)}")
     xp = model.xp
     tot = {"rec": 0.0, "kl": 0.0}
     for i in range(0, len(x), batch):
@@ -84,10 +111,23 @@ def evaluate(model, x, rng, batch=1000, samples=1):
 
 
 class Trainer:
-    """Trains a VAE on a Dataset (see minivae.data) and keeps a run directory up to date."""
+    """Trains a VAE on a Dataset (see minivae.data) and keeps a run directory up to date.
+
+    fit() installs SIGINT/SIGTERM handlers (in the main thread): the first signal lets the
+    current step finish, writes a checkpoint and raises Interrupted; a second one raises
+    KeyboardInterrupt at once (the last checkpoint stays as it was: writes are atomic).
+    A NaN or infinite loss or gradient raises Diverged (cfg.on_nonfinite 'stop') with the last
+    good checkpoint left in place, or skips the batch ('skip').
+    """
 
     def __init__(self, model, data, config, run_dir, log=print, progress=False,
                  dataset_args=None):
+        if not isinstance(config, TrainConfig):
+            raise MinivaeError(f"config must be a TrainConfig, got {type(config).__name__}")
+        if not isinstance(model, VAE):
+            raise MinivaeError(f"model must be a minivae VAE, got {type(model).__name__}")
+        if not os.path.isdir(run_dir):
+            raise MinivaeError(f"run directory {run_dir} does not exist; create it first")
         self.model, self.data, self.cfg = model, data, config.check()
         self.dataset_args = dict(dataset_args or {})   # how to load the data again on resume
         self.run_dir, self.log, self.progress = run_dir, log, progress
@@ -97,51 +137,130 @@ class Trainer:
         self.epoch, self.step, self.perm = 0, 0, None
         self.global_step = 0
         self._stop_signal = None
+        self._restored = False
+        self._saved_at = None                 # (epoch, step) of the last checkpoint written
+        self._reset_epoch_totals()
         self._check_data()
+
+    def _reset_epoch_totals(self):
+        # running sums of the epoch's train loss, rec and kl (weighted by batch size), the
+        # images they cover, batches skipped and seconds spent: checkpointed mid-epoch so a
+        # resumed epoch reports what an uninterrupted one would
+        self._sums, self._n_done, self._skipped, self._seconds = np.zeros(3), 0, 0, 0.0
 
     def _check_data(self):
         d, m = self.data, self.model
         for split in ("train", "valid", "test"):
-            x = getattr(d, split)
+            x = getattr(d, split, None)
             if x is not None:
                 m.check_data(x[:0] if len(x) == 0 else x, name=f"{d.name} {split} data")
-        if len(d.train) == 0:
+        if d.train is None or len(d.train) == 0:
             raise MinivaeError(f"dataset {d.name} has no training images")
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self):
-        arrays, scalars = self.opt.state()
+        _, scalars = self.opt.state()
         return dict(model=self.model.config, train=asdict(self.cfg), dataset=self.data.name,
                     binarize=self.data.binarize, dataset_args=self.dataset_args,
                     image_shape=list(self.data.image_shape), epoch=self.epoch, step=self.step,
-                    global_step=self.global_step, opt=scalars,
+                    global_step=self.global_step, opt=dict(scalars, lr=self.opt.lr),
                     data_rng=self.data_rng.bit_generator.state,
                     noise_rng=(self.noise_rng.bit_generator.state
-                               if isinstance(self.noise_rng, np.random.Generator) else None))
+                               if isinstance(self.noise_rng, np.random.Generator) else None),
+                    epoch_totals=dict(sums=[float(s) for s in self._sums], n=self._n_done,
+                                      skipped=self._skipped, seconds=self._seconds))
 
     def save(self):
+        """Write the checkpoint (atomically).  Parameters that are not finite are never
+        written over a good checkpoint: that raises Diverged instead."""
+        xp = self.model.xp
+        if not bool(xp.isfinite(self.model.buffer.data).all()):
+            raise Diverged(f"parameters became NaN or infinite by epoch {self.epoch + 1} step "
+                           f"{self.step}: {_CAUSES.format(lr=self.opt.lr)}; "
+                           f"{self._last_good()}")
         arrays, _ = self.opt.state()
         extra = {"perm": self.perm} if self.perm is not None else {}
         checkpoint.save(os.path.join(self.run_dir, CHECKPOINT), self.model.buffer.data,
                         self._meta(), arrays, extra)
+        self._saved_at = (self.epoch, self.step)
+
+    def _last_good(self):
+        if self._saved_at is None:
+            return "no checkpoint was written"
+        e, s = self._saved_at
+        where = f"the end of epoch {e}" if s == 0 else f"epoch {e + 1} step {s}"
+        return (f"the last good checkpoint ({where}) is in {self.run_dir}; resume it with "
+                f"minivae train --resume {self.run_dir}")
 
     def restore(self, meta, opt_arrays, extra):
+        """Continue from a checkpoint (as load_run returns it) of a run with this config."""
+        where = f"checkpoint of {self.run_dir}"
+        _check_meta(where, meta)
         _, opt_scalars = self.opt.state()
+        want = set(self.opt.state()[0])
+        if set(opt_arrays) != want:
+            raise MinivaeError(f"{where}: optimiser state {sorted(opt_arrays)} does not match "
+                               f"optimizer {self.cfg.optimizer!r} (needs {sorted(want)})")
+        epoch, step = int(meta["epoch"]), int(meta["step"])
+        perm = extra.get("perm")
+        N = len(self.data.train)
+        if perm is not None:
+            perm = np.asarray(perm)
+            if perm.shape != (N,) or perm.dtype.kind not in "iu" or not np.array_equal(
+                    np.sort(perm), np.arange(N)):
+                raise MinivaeError(f"{where}: its data order is not a permutation of the {N} "
+                                   "training images; the data changed since the run started")
+            if step > self._steps_per_epoch():
+                raise MinivaeError(f"{where}: step {step} is beyond the epoch's "
+                                   f"{self._steps_per_epoch()} steps; the batch size or the "
+                                   "data changed since the run started")
+        elif step != 0:
+            raise MinivaeError(f"{where}: step {step} without the epoch's data order; the "
+                               "file is damaged")
         self.opt.load_state({k: to_device(v, self.model.xp) for k, v in opt_arrays.items()},
                             meta["opt"])
-        self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        if "lr" in meta["opt"]:
+            self.opt.lr = float(meta["opt"]["lr"])
+        self.epoch, self.step, self.perm = epoch, step, perm
         self.global_step = int(meta.get("global_step", 0))
         self.data_rng.bit_generator.state = meta["data_rng"]
         if meta.get("noise_rng") is not None and isinstance(self.noise_rng, np.random.Generator):
             self.noise_rng.bit_generator.state = meta["noise_rng"]
-        self.perm = extra.get("perm")
+        tot = meta.get("epoch_totals")
+        self._reset_epoch_totals()
+        if tot is not None and perm is not None:
+            self._sums[:] = tot["sums"]
+            self._n_done, self._skipped = int(tot["n"]), int(tot["skipped"])
+            self._seconds = float(tot["seconds"])
+        self._restored = True
+        self._saved_at = (epoch, step)
+        self._trim_metrics()
+
+    def _trim_metrics(self):
+        """Drop metric rows written after the checkpoint (a crash between the two writes)."""
+        path = os.path.join(self.run_dir, METRICS)
+        if not os.path.exists(path):
+            return
+        rows = read_metrics(self.run_dir)
+        keep = [r for r in rows if r.get("epoch", 0) <= self.epoch]
+        with open(path, "rb") as f:
+            torn = not f.read().endswith(b"\n") and os.path.getsize(path) > 0
+        if len(keep) != len(rows) or torn:
+            text = "".join(json.dumps(r) + "\n" for r in keep).encode()
+            checkpoint.atomic_write(path, lambda f: f.write(text))
 
     # ---------------------------------------------------------------- metrics
     def _append_metrics(self, row):
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        path = os.path.join(self.run_dir, METRICS)
+        try:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise MinivaeError(f"cannot write {path}: {e.strerror or e}; free some space or "
+                               "fix the folder's permissions (the checkpoint was left as it "
+                               "was)") from None
 
     def heldout(self):
         """{split: evaluate(...)} on the held-out splits, with fixed noise (repeatable)."""
@@ -168,46 +287,62 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_signal = signum
 
+    def _interrupted(self):
+        name = signal.Signals(self._stop_signal).name
+        return Interrupted(f"stopped by {name} at epoch {self.epoch + 1} step {self.step}; "
+                           f"checkpoint saved in {self.run_dir}")
+
     # ---------------------------------------------------------------- the loop
     def fit(self):
-        """Train until cfg.epochs; returns the list of metric rows written."""
-        model, cfg, xp = self.model, self.cfg, self.model.xp
+        """Train until cfg.epochs; returns the list of metric rows written.
+
+        Raises Interrupted after a SIGINT/SIGTERM (checkpoint written), Diverged on a
+        non-finite loss or gradient (cfg.on_nonfinite 'stop'; the last good checkpoint kept).
+        """
+        self.cfg.check()
         rows = []
-        if self.epoch == 0 and self.step == 0 and self.perm is None:
-            rows.append(self._row(0, None, 0.0))
-            self._append_metrics(rows[-1])
-            self.log(_describe(rows[-1]))
-            self.save()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.epoch < cfg.epochs:
+            if self.epoch == 0 and self.step == 0 and self.perm is None and not self._restored:
+                rows.append(self._row(0, None, 0.0))
+                self._append_metrics(rows[-1])
+                self.log(_describe(rows[-1]))
+                self.save()
+            while self.epoch < self.cfg.epochs:
                 rows.append(self._run_epoch())
                 self.log(_describe(rows[-1]))
+            if self._stop_signal is not None:     # a signal during the last evaluation
+                raise self._interrupted()
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
         return rows
 
+    def _steps_per_epoch(self):
+        N, bs = len(self.data.train), self.cfg.batch_size
+        return N // bs if self.cfg.drop_last else -(-N // bs)
+
     def _run_epoch(self):
         model, cfg, data, xp = self.model, self.cfg, self.data, self.model.xp
         N, bs = len(data.train), cfg.batch_size
-        if self.perm is None:
-            self.perm = self.data_rng.permutation(N)
-            self.step = 0
-        steps = N // bs if cfg.drop_last else -(-N // bs)
+        steps = self._steps_per_epoch()
         if steps == 0:
             raise MinivaeError(f"batch-size {bs} is larger than the {N} training images with "
                                "drop_last; lower --batch-size")
+        if self.perm is None:
+            self.perm = self.data_rng.permutation(N)
+            self.step = 0
+            self._reset_epoch_totals()
         dynamic = data.binarize == "dynamic"
         S, Z = model.samples, model.latent_dim
-        sums = np.zeros(3)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - self._seconds
         bar = None
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}",
                        leave=False, unit="step", dynamic_ncols=True)
-        n_done = 0
         try:
             while self.step < steps:
                 idx = self.perm[self.step * bs:(self.step + 1) * bs]
@@ -217,24 +352,22 @@ class Trainer:
                 xb = to_device(xb, xp, model.dtype)
                 eps = self.noise_rng.standard_normal((S, len(idx), Z), dtype=model.dtype)
                 terms = model.forward_backward(xb, eps)
+                loss = float(terms.loss)
                 g = model.buffer.grad
                 gnorm2 = float(xp.dot(g, g))
-                loss = float(terms.loss)
-                if not (math.isfinite(loss) and math.isfinite(gnorm2)):
-                    what = "loss" if not math.isfinite(loss) else "gradient"
-                    msg = (f"non-finite {what} at epoch {self.epoch + 1} step {self.step + 1}: "
-                           f"lower --lr (now {cfg.lr:g}), set --clip, or check the data; "
-                           "large log-variances overflow exp(logvar)")
-                    if cfg.on_nonfinite == "stop":
-                        raise Diverged(msg + f"; the last good checkpoint is in {self.run_dir}")
-                    self.log("skipped batch: " + msg)
-                else:
-                    if cfg.clip > 0 and gnorm2 > cfg.clip ** 2:
-                        g *= g.dtype.type(cfg.clip / math.sqrt(gnorm2))
+                finite_g = math.isfinite(gnorm2) or bool(xp.isfinite(g).all())  # dot can overflow
+                if math.isfinite(loss) and finite_g:
+                    if cfg.clip > 0:
+                        if not math.isfinite(gnorm2):
+                            gnorm2 = float(xp.dot(g.astype(np.float64), g.astype(np.float64)))
+                        if gnorm2 > cfg.clip ** 2:
+                            g *= g.dtype.type(cfg.clip / math.sqrt(gnorm2))
                     self.opt.step()
-                    sums += (len(idx) * loss, len(idx) * float(terms.rec),
-                             len(idx) * float(terms.kl))
-                    n_done += len(idx)
+                    self._sums += (len(idx) * loss, len(idx) * float(terms.rec),
+                                   len(idx) * float(terms.kl))
+                    self._n_done += len(idx)
+                else:
+                    self._nonfinite(loss)
                 self.step += 1
                 self.global_step += 1
                 if bar is not None:
@@ -242,27 +375,49 @@ class Trainer:
                     if self.step % 20 == 0:
                         bar.set_postfix(loss=f"{loss:.2f}")
                 if self._stop_signal is not None:
+                    self._seconds = time.perf_counter() - t0
                     self.save()
-                    raise Interrupted(f"stopped by signal {self._stop_signal} at epoch "
-                                      f"{self.epoch + 1} step {self.step}; checkpoint saved")
+                    raise self._interrupted()
         finally:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - t0
         self.epoch += 1
         self.perm, self.step = None, 0
-        n = max(n_done, 1)
-        train = {"loss": sums[0] / n, "rec": sums[1] / n, "kl": sums[2] / n}
+        n = max(self._n_done, 1)
+        train = {"loss": self._sums[0] / n, "rec": self._sums[1] / n, "kl": self._sums[2] / n}
+        if self._skipped:
+            train["skipped"] = self._skipped
+        self._reset_epoch_totals()
         row = self._row(self.epoch, train, seconds)
         self._append_metrics(row)
         self.save()
         return row
+
+    def _nonfinite(self, loss):
+        """A NaN/inf loss or gradient at the current step: stop, or skip the batch."""
+        what = "loss" if not math.isfinite(loss) else "gradient"
+        msg = (f"non-finite {what} at epoch {self.epoch + 1} step {self.step + 1} "
+               f"(global step {self.global_step + 1}): {_CAUSES.format(lr=self.opt.lr)}")
+        if self.cfg.on_nonfinite == "skip":
+            if bool(self.model.xp.isfinite(self.model.buffer.data).all()):
+                self._skipped += 1
+                self.log("skipped batch: " + msg)
+                return
+            msg += " (the parameters themselves are no longer finite, so skipping cannot help)"
+        raise Diverged(f"{msg}; {self._last_good()}")
+
+
+_CAUSES = ("lower the learning rate (now {lr:g}) or set --clip; a log-variance beyond the "
+           "float range (exp(logvar) overflows above ~88 in float32) or bad data can also do it")
 
 
 def _describe(row):
     parts = [f"epoch {row['epoch']}"]
     if "train_loss" in row:
         parts.append(f"train loss {row['train_loss']:.3f} ({row['seconds']:.1f} s)")
+        if row.get("train_skipped"):
+            parts.append(f"{row['train_skipped']} batches skipped")
     for split in ("valid", "test"):
         if f"{split}_elbo" in row:
             parts.append(f"{split} ELBO {row[f'{split}_elbo']:.3f} "
@@ -270,24 +425,154 @@ def _describe(row):
     return ", ".join(parts)
 
 
+# -------------------------------------------------------------------------------- loading runs
+MODEL_KEYS = ("data_dim", "hidden", "latent_dim", "activation", "likelihood", "beta", "dtype",
+              "seed", "device", "sigma", "learn_sigma", "objective", "samples")
+
+
+def _param_shapes(where, cfg):
+    """name -> shape of the parameters the model config describes, computed without building
+    the model (so a hostile config cannot make us allocate): the layout of VAE.__init__,
+    encoder D -> H1.. -> 2Z, decoder Z -> ..H1 -> D, then the likelihood's own parameters."""
+    if not isinstance(cfg, dict) or set(cfg) != set(MODEL_KEYS):
+        got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
+        raise MinivaeError(f"{where}: its model config has keys {got}, needs "
+                           f"{sorted(MODEL_KEYS)}; the file is damaged or from another program")
+    D, Z, H = cfg["data_dim"], cfg["latent_dim"], cfg["hidden"]
+    if not (_is_int(D, 1) and _is_int(Z, 1) and isinstance(H, list) and 0 < len(H) <= 64
+            and all(_is_int(h, 1) for h in H)):
+        raise MinivaeError(f"{where}: its model config has data_dim {D!r}, latent_dim {Z!r}, "
+                           f"hidden {H!r}; each must be positive integers")
+    try:
+        resolve_dtype(cfg["dtype"])
+        make_likelihood("gaussian", cfg["sigma"], cfg["learn_sigma"])   # checked for any
+        lik = make_likelihood(cfg["likelihood"], cfg["sigma"], cfg["learn_sigma"])
+    except MinivaeError as e:
+        raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
+    return {**mlp_shapes("enc", (D, *H, 2 * Z)), **mlp_shapes("dec", (Z, *H[::-1], D)),
+            **lik.param_shapes(D)}
+
+
+def _check_state(where, name, s):
+    ok = (isinstance(s, dict) and set(s) == {"bit_generator", "state", "has_uint32", "uinteger"}
+          and s["bit_generator"] == "PCG64" and isinstance(s["state"], dict)
+          and set(s["state"]) == {"state", "inc"}
+          and all(_is_int(v) and v < 2 ** 128 for v in s["state"].values())
+          and s["has_uint32"] in (0, 1) and _is_int(s["uinteger"]) and s["uinteger"] < 2 ** 32)
+    if not ok:
+        raise MinivaeError(f"{where}: its {name} generator state is malformed; the file is damaged")
+
+
+def _check_meta(where, meta):
+    """Check every field of a checkpoint's meta that resuming, eval and sample use."""
+    need = ("model", "train", "dataset", "binarize", "dataset_args", "image_shape", "epoch",
+            "step", "opt", "data_rng")
+    missing = [k for k in need if k not in meta]
+    if missing:
+        raise MinivaeError(f"{where}: its meta record lacks {', '.join(missing)}; the file is "
+                           "damaged or not written by minivae train")
+    shapes = _param_shapes(where, meta["model"])
+    t = meta["train"]
+    names = {f.name for f in fields(TrainConfig)}
+    if not isinstance(t, dict) or not set(t) <= names:
+        raise MinivaeError(f"{where}: its training config is not a mapping of "
+                           f"{', '.join(sorted(names))}; the file is damaged")
+    try:
+        TrainConfig(**t).check()
+    except MinivaeError as e:
+        raise MinivaeError(f"{where}: its training config is invalid ({e})") from None
+    d = meta["dataset_args"]          # {} for a Trainer made in Python without them
+    if not (isinstance(meta["dataset"], str) and isinstance(meta["binarize"], str)
+            and isinstance(d, dict) and (d == {} or (
+                isinstance(d.get("binarize"), str) and _is_int(d.get("valid_size"))
+                and _is_int(d.get("seed"))
+                and (d.get("data_dir") is None or isinstance(d.get("data_dir"), str))))):
+        raise MinivaeError(f"{where}: its dataset record is malformed (dataset, binarize, "
+                           "dataset_args with binarize, valid_size, seed, data_dir)")
+    shape = meta["image_shape"]
+    if not (isinstance(shape, list) and shape and all(_is_int(s, 1) for s in shape)
+            and math.prod(shape) == meta["model"]["data_dim"]):
+        raise MinivaeError(f"{where}: image_shape {shape!r} does not match data_dim "
+                           f"{meta['model']['data_dim']}")
+    for k in ("epoch", "step", "global_step"):
+        if not _is_int(meta.get(k, 0)):
+            raise MinivaeError(f"{where}: {k} must be an integer >= 0, got {meta.get(k)!r}")
+    o = meta["opt"]
+    if not (isinstance(o, dict) and _is_int(o.get("t"))
+            and ("lr" not in o or (_is_real(o["lr"]) and math.isfinite(o["lr"]) and o["lr"] > 0))):
+        raise MinivaeError(f"{where}: its optimiser record {str(o)[:80]} is malformed")
+    _check_state(where, "data", meta["data_rng"])
+    if meta.get("noise_rng") is not None:
+        _check_state(where, "noise", meta["noise_rng"])
+    tot = meta.get("epoch_totals")
+    if tot is not None and not (
+            isinstance(tot, dict) and isinstance(tot.get("sums"), list) and len(tot["sums"]) == 3
+            and all(_is_real(s) and math.isfinite(s) for s in tot["sums"])
+            and _is_int(tot.get("n")) and _is_int(tot.get("skipped"))
+            and _is_real(tot.get("seconds")) and math.isfinite(tot["seconds"])):
+        raise MinivaeError(f"{where}: its epoch totals are malformed; the file is damaged")
+    return shapes
+
+
+def _expected_arrays(where):
+    """checkpoint.load's expect: the arrays a checkpoint of this meta must hold."""
+    def expect(meta):
+        shapes = _check_meta(where, meta)
+        P = sum(math.prod(s) for s in shapes.values())
+        dt = np.dtype(resolve_dtype(meta["model"]["dtype"]))
+        probe = make_optimizer(meta["train"].get("optimizer", "adam"),
+                               ParamBuffer({"p": (1,)}, dtype=dt), 1e-3)
+        spec = {"params": checkpoint.Expect((P,), dt)}
+        spec.update({f"opt.{k}": checkpoint.Expect((P,), dt) for k in probe.state()[0]})
+        spec["extra.perm"] = checkpoint.Expect((None,), "i", required=False)
+        return spec
+    return expect
+
+
 def load_run(path):
-    """(model, meta, opt_arrays, extra) from a run directory or a checkpoint file."""
+    """(model, meta, opt_arrays, extra) from a run directory or a checkpoint file.
+
+    Nothing in the file is trusted: the meta record is checked field by field, every array's
+    name, shape and dtype against the config before it is read, and the values for NaN/inf.
+    Raises MinivaeError naming the file otherwise.
+    """
     path = os.fspath(path)
     ck = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
-    params, meta, opt, extra = checkpoint.load(ck)
+    params, meta, opt, extra = checkpoint.load(ck, expect=_expected_arrays(ck))
     try:
         model = VAE(**meta["model"])
-    except (KeyError, TypeError) as e:
-        raise MinivaeError(f"{ck}: its model config is incomplete ({e}); the file is damaged "
-                           "or from another program") from None
+    except TypeError as e:
+        raise MinivaeError(f"{ck}: its model config does not build a VAE ({e}); the file is "
+                           "damaged or from another program") from None
+    except MinivaeError as e:
+        raise MinivaeError(f"{ck}: its model config is invalid: {e}") from None
     checkpoint.check_against(ck, params, opt, model)
     model.buffer.data[...] = to_device(params, model.xp)
     return model, meta, opt, extra
 
 
 def read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
+    """The metric rows of a run directory (a list of dicts; [] when there are none yet).
+
+    A last line cut short by a crash is ignored; any other unreadable line is an error.
+    """
+    path = os.path.join(run_dir, METRICS)
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        lines = f.read().split(b"\n")
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except (ValueError, RecursionError):
+            if i == len(lines) - 1:            # no newline after it: a torn final write
+                break
+            raise MinivaeError(f"{path}: line {i + 1} is not a JSON object; the file is "
+                               "damaged") from None
+        rows.append(row)
+    return rows
