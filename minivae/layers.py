@@ -187,7 +187,7 @@ class FusedMLP:
             if i < last:
                 kernels.bias_act_forward(self.acts[i], h, L.b, out=h)
             else:
-                h += L.b
+                kernels.bias_add(h, L.b, out=h)
             inp = h
         return inp
 

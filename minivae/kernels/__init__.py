@@ -143,6 +143,20 @@ def bias_act_forward(name, h, b, out=None):
     return out
 
 
+def bias_add(h, b, out=None):
+    """y = h + b     h: (B, H), b: (H,); out may be h (a last layer: no activation)."""
+    cp = _cupy(h)
+    if cp is not None:
+        return cp.bias_add(h, b, out)
+    nb = _numba(h, b) if h.ndim == 2 and b.shape == h.shape[1:] else None
+    if nb is None:
+        return _put(out, h + b)
+    if out is None:
+        out = np.empty_like(h)
+    nb.bias_add(h, b, out)
+    return out
+
+
 def act_forward(name, x, out=None):
     """y = f(x), any shape."""
     cp = _cupy(x)
@@ -334,5 +348,5 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
 
 
 __all__ = ["use", "active", "MODE", "ACTIVATIONS", "act_forward", "act_backward",
-           "bias_act_forward", "reparam_kl", "reparam_kl_backward", "bernoulli_nll_grad",
+           "bias_act_forward", "bias_add", "reparam_kl", "reparam_kl_backward", "bernoulli_nll_grad",
            "bernoulli_nll", "gaussian_nll_grad", "adam_update"]

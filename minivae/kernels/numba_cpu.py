@@ -153,6 +153,13 @@ def _lane_sum(t, n):
 # (forward) or dy (backward): every element is read before it is written.
 
 @njit(**_jit)
+def bias_add(h, b, out):
+    for i in range(h.shape[0]):
+        for j in range(h.shape[1]):
+            out[i, j] = h[i, j] + b[j]
+
+
+@njit(**_jit)
 def bias_relu(h, b, out):
     for i in range(h.shape[0]):
         for j in range(h.shape[1]):
