@@ -1,0 +1,145 @@
+"""CuPy kernels for CuPy arrays: the same chains as numba_cpu.py, one GPU launch (or two) each.
+
+Imported by ``minivae.kernels`` only when a CuPy array arrives, so CuPy is never imported on a
+machine that does not use it.  Kernels are defined once, at module level; CuPy compiles each
+on its first call for a dtype and caches the binary on disk.  float32 and float64 both work
+(the CUDA source uses the templated type T; math through CUDA's overloaded exp/log1p/tanh).
+
+Not exercised on a machine without an NVIDIA GPU: tests/test_gpu.py (marker ``gpu``) compares a
+training step and the importance-sampled estimate with the NumPy path where one exists.
+"""
+import cupy as cp
+
+from .reference import LEAKY_SLOPE, ELU_ALPHA, LOG_2PI
+
+# y = f(h + b): h (N, H) raw, b (H,) broadcast by CuPy.
+_ACT_F = {
+    "relu": "T v = h + b; y = v > (T)0 ? v : (T)0;",
+    "leaky_relu": f"T v = h + b; y = v > (T)0 ? v : v * (T){LEAKY_SLOPE!r};",
+    "tanh": "y = tanh(h + b);",
+    "sigmoid": "T v = h + b; T e = exp(-fabs(v)); T s = (T)1 / ((T)1 + e); y = v >= (T)0 ? s : e * s;",
+    "softplus": "T v = h + b; y = (v > (T)0 ? v : (T)0) + log1p(exp(-fabs(v)));",
+    "elu": f"T v = h + b; y = v > (T)0 ? v : (T){ELU_ALPHA!r} * expm1(v < (T)0 ? v : (T)0);",
+}
+_ACT_G = {   # f'(x) through y
+    "relu": "y > (T)0 ? (T)1 : (T)0",
+    "leaky_relu": f"y > (T)0 ? (T)1 : (T){LEAKY_SLOPE!r}",
+    "tanh": "(T)1 - y * y",
+    "sigmoid": "y * ((T)1 - y)",
+    "softplus": "-expm1(-y)",
+    "elu": f"y > (T)0 ? (T)1 : y + (T){ELU_ALPHA!r}",
+}
+_FWD = {name: cp.ElementwiseKernel("T h, T b", "T y", body, f"minivae_fwd_{name}")
+        for name, body in _ACT_F.items()}
+_BWD = {name: cp.ElementwiseKernel("T dy, T y", "T dx", f"dx = dy * ({g});", f"minivae_bwd_{name}")
+        for name, g in _ACT_G.items()}
+_BIAS = cp.ElementwiseKernel("T h, T b", "T y", "y = h + b;", "minivae_bias_add")
+
+# Bernoulli: per-element term and gradient, then a row sum (cupy.sum over the last axis).
+_BERN = cp.ElementwiseKernel(
+    "T l, T x, T scale", "T term, T g",
+    """T e = exp(-fabs(l));
+       term = (l > (T)0 ? l : (T)0) + log1p(e) - x * l;
+       T q = (T)1 / ((T)1 + e);
+       g = scale * ((l >= (T)0 ? q : e * q) - x);""",
+    "minivae_bernoulli")
+_BERN_NLL = cp.ReductionKernel(
+    "T l, T x", "T nll",
+    "(l > (T)0 ? l : (T)0) + log1p(exp(-fabs(l))) - x * l", "a + b", "nll = a", "0",
+    "minivae_bernoulli_nll")
+_GAUSS = cp.ElementwiseKernel(
+    "T m, T x, T ls, T scale, T half_log2pi", "T term, T dm, T dls",
+    """T r = (x - m) * exp(-ls);
+       term = (T)0.5 * r * r + ls + half_log2pi;
+       T iv = exp((T)-2 * ls);
+       T d = m - x;
+       dm = scale * (d * iv);
+       dls = scale * ((T)1 - d * d * iv);""",
+    "minivae_gaussian")
+_REPARAM = cp.ElementwiseKernel(
+    "T mu, T logvar, T eps", "T z", "z = mu + exp(logvar * (T)0.5) * eps;", "minivae_reparam")
+_KL_TERM = cp.ReductionKernel(
+    "T mu, T logvar", "T kl", "mu * mu + exp(logvar) - (T)1 - logvar", "a + b",
+    "kl = (T)0.5 * a", "0", "minivae_kl")
+_DLOGVAR_S = cp.ElementwiseKernel(
+    "T dz, T eps, T std", "T t", "t = dz * eps * std * (T)0.5;", "minivae_dlogvar_sample")
+_KL_GRAD = cp.ElementwiseKernel(
+    "T smu, T slv, T mu, T logvar, T w", "T dmu, T dlogvar",
+    "dmu = smu + w * mu; dlogvar = slv + w * (expm1(logvar) * (T)0.5);", "minivae_kl_grad")
+_ADAM = cp.ElementwiseKernel(
+    "T g, T b1, T omb1, T b2, T omb2, T step, T inv_c2, T eps", "T p, T m, T v",
+    """T mi = m * b1 + omb1 * g;
+       T vi = v * b2 + omb2 * (g * g);
+       m = mi; v = vi;
+       p -= step * mi / (sqrt(vi * inv_c2) + eps);""",
+    "minivae_adam")
+
+
+def _out(out, like):
+    return cp.empty_like(like) if out is None else out
+
+
+def bias_add(h, b, out=None):
+    return _BIAS(h, b, _out(out, h))
+
+
+def bias_act_forward(name, h, b, out=None):
+    return _FWD[name](h, b, _out(out, h))
+
+
+def act_forward(name, x, out=None):
+    return _FWD[name](x, x.dtype.type(0), _out(out, x))
+
+
+def act_backward(name, dy, y, out=None, db=None):
+    dx = _BWD[name](dy, y, _out(out, dy))
+    if db is not None:
+        dx.reshape(-1, dx.shape[-1]).sum(axis=0, out=db)
+    return dx
+
+
+def reparam_kl(mu, logvar, eps, out=None):
+    z, std, kl = out if out is not None else (cp.empty_like(eps), cp.empty_like(mu),
+                                              cp.empty(mu.shape[0], mu.dtype))
+    cp.exp(logvar * mu.dtype.type(0.5), out=std)
+    _REPARAM(mu, logvar, eps, z)
+    _KL_TERM(mu, logvar, out=kl, axis=-1)
+    return z, std, kl
+
+
+def reparam_kl_backward(dz, eps, std, mu, logvar, kl_weight, out=None):
+    dmu, dlogvar = out if out is not None else (cp.empty_like(mu), cp.empty_like(mu))
+    smu = dz.sum(axis=0)
+    slv = _DLOGVAR_S(dz, eps, std).sum(axis=0)
+    _KL_GRAD(smu, slv, mu, logvar, mu.dtype.type(kl_weight), dmu, dlogvar)
+    return dmu, dlogvar
+
+
+def bernoulli_nll_grad(logits, x, scale, out=None, db=None):
+    nll, g = out if out is not None else (None, None)
+    term = cp.empty_like(logits)
+    g = _BERN(logits, x, logits.dtype.type(scale), term, _out(g, logits))
+    nll = term.sum(axis=-1, out=nll)
+    if db is not None:
+        g.reshape(-1, g.shape[-1]).sum(axis=0, out=db)
+    return nll, g
+
+
+def bernoulli_nll(logits, x, out=None):
+    return _BERN_NLL(logits, x, out=out, axis=-1)
+
+
+def gaussian_nll_grad(mean, x, log_sigma, scale, out=None):
+    dt = mean.dtype.type
+    nll, dm, dls = out if out is not None else (None, cp.empty_like(mean), cp.empty_like(mean))
+    term = cp.empty_like(mean)
+    ls = cp.asarray(log_sigma, dtype=mean.dtype)
+    _GAUSS(mean, x, ls, dt(scale), dt(0.5) * dt(LOG_2PI), term, dm, dls)
+    return term.sum(axis=-1, out=nll), dm, dls
+
+
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
+    dt = p.dtype.type
+    c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
+    _ADAM(g, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(lr / c1), dt(1 / c2),
+          dt(eps), p, m, v)
