@@ -182,6 +182,10 @@ def cmd_train(args):
         if args.epochs is not None:
             tcfg.epochs = args.epochs
         d = meta["dataset_args"]
+        if not d:
+            raise MinivaeError(f"{args.resume} was not started by minivae train (its checkpoint "
+                               "does not say how to load its data); resume it from Python with "
+                               "Trainer.restore")
         data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"), d["binarize"],
                           d["valid_size"], d["seed"])
         trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
@@ -311,9 +315,17 @@ def _load_for_device(run, device):
 
 
 # ------------------------------------------------------------------------------------ sample
+MAX_SAMPLES = 1024
+
+
 def cmd_sample(args):
     from .backend import make_rng
     from .plots import save_grid
+    if args.n > MAX_SAMPLES:
+        raise MinivaeError(f"--n must be at most {MAX_SAMPLES} (one PNG grid), got {args.n}")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise MinivaeError(f"--out {args.out}: the folder "
+                           f"{os.path.dirname(os.path.abspath(args.out))} does not exist")
     model, meta, _, _ = _load_for_device(args.run, args.device)
     shape = tuple(meta.get("image_shape") or _square(model.data_dim))
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run)
@@ -342,6 +354,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("minivae: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("minivae: error: not enough memory for these sizes; choose smaller ones (--hidden, "
+              "--latent-dim, --k, --batch-size, --valid-size)", file=sys.stderr)
+        return 2
+    except OSError as e:           # a disk or folder problem outside the checkpoint writer
+        print(f"minivae: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

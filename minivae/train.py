@@ -175,9 +175,11 @@ class Trainer:
         written over a good checkpoint: that raises Diverged instead."""
         xp = self.model.xp
         if not bool(xp.isfinite(self.model.buffer.data).all()):
-            raise Diverged(f"parameters became NaN or infinite by epoch {self.epoch + 1} step "
-                           f"{self.step}: {_CAUSES.format(lr=self.opt.lr)}; "
-                           f"{self._last_good()}")
+            when = (f"by the end of epoch {self.epoch}" if self.step == 0 else
+                    f"by epoch {self.epoch + 1} step {self.step}")
+            raise Diverged(f"parameters became NaN or infinite {when} (global step "
+                           f"{self.global_step}), so they were not saved: "
+                           f"{_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         arrays, _ = self.opt.state()
         extra = {"perm": self.perm} if self.perm is not None else {}
         checkpoint.save(os.path.join(self.run_dir, CHECKPOINT), self.model.buffer.data,
