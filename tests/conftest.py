@@ -1,4 +1,4 @@
-"""Shared test configuration: hypothesis profiles (select with HYPOTHESIS_PROFILE=ci, or CI=true)."""
+"""Shared test configuration: hypothesis profiles (HYPOTHESIS_PROFILE=ci, or CI=true), fixtures."""
 import os
 
 import numpy as np

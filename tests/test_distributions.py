@@ -120,7 +120,7 @@ def test_kl_monte_carlo_check_rejects_variance_written_as_std(rng):
     assert not np.any(_within(samples, wrong))
 
 
-# ----------------------------------------------------------------------------- the sampler, statistically
+# ----------------------------------------------------------------------------- the sampler
 N_SAMPLES = 4000
 
 
@@ -145,7 +145,8 @@ def _spread_logvar(rng, shape):
 SAMPLERS = {
     "distributions.reparameterize": lambda mu, lv, eps: dist.reparameterize(mu, lv, eps)[0],
     "kernels.reparam_kl": lambda mu, lv, eps: kernels.reparam_kl(mu, lv, eps)[0],
-    "kernels.reference.reparam_kl": lambda mu, lv, eps: kernels.reference.reparam_kl(mu, lv, eps)[0],
+    "kernels.reference.reparam_kl":
+        lambda mu, lv, eps: kernels.reference.reparam_kl(mu, lv, eps)[0],
 }
 
 
@@ -312,6 +313,7 @@ def test_every_distribution_function_preserves_float32(rng):
     outs += [dist.bernoulli_nll(logits, x), dist.bernoulli_nll_grad(logits, x),
              dist.softplus(logits), dist.sigmoid(logits)]
     for log_sigma in (f32(0.3), rng.uniform(-1, 1, 5).astype(f32)):
-        outs += [dist.gaussian_nll(logits, x, log_sigma), *dist.gaussian_nll_grad(logits, x, log_sigma)]
+        outs += [dist.gaussian_nll(logits, x, log_sigma),
+                 *dist.gaussian_nll_grad(logits, x, log_sigma)]
     for i, a in enumerate(outs):
         assert a.dtype == f32, f"output {i} is {a.dtype}"

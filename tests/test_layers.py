@@ -206,7 +206,8 @@ def test_activation_is_stable_at_extreme_inputs(name, dtype):
         dx = layer.backward(np.ones_like(x))
     assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx))
     np.testing.assert_allclose(y.astype(np.float64), REFERENCE[name](x.astype(np.float64)),
-                               rtol=2 * np.finfo(dtype).eps, atol=np.finfo(dtype).tiny)  # subnormals
+                               rtol=2 * np.finfo(dtype).eps,
+                               atol=np.finfo(dtype).tiny)        # subnormals lose relative bits
 
 
 def test_unknown_activation_names_the_argument():
@@ -232,7 +233,8 @@ def _mlp_reference(buf, prefix, sizes, act, x):
 mlp_sizes = st.lists(st.integers(1, 5), min_size=2, max_size=4)
 
 
-@given(sizes=mlp_sizes, act=st.sampled_from(ACTS), B=dims, seed=seeds, need_input_grad=st.booleans())
+@given(sizes=mlp_sizes, act=st.sampled_from(ACTS), B=dims, seed=seeds,
+       need_input_grad=st.booleans())
 def test_mlp_over_a_param_buffer(sizes, act, B, seed, need_input_grad):
     """Forward against a hand-written MLP; backward (dx and every parameter at once, through the
     flat buffers) against central differences."""

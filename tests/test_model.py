@@ -223,7 +223,10 @@ def test_results_survive_later_calls_and_batch_sizes_do_not_interfere(objective)
     a later call, and a model that has seen many batch sizes (in any order) computes exactly
     what a fresh model computes."""
     rng = np.random.default_rng(5)
-    fresh = lambda: VAE(6, (5, 4), 2, objective=objective, samples=2, dtype="float64", seed=3)  # noqa: E731
+
+    def fresh():
+        return VAE(6, (5, 4), 2, objective=objective, samples=2, dtype="float64", seed=3)
+
     model = fresh()
     batches = {B: (rng.uniform(0, 1, (B, 6)), rng.standard_normal((2, B, 2))) for B in range(1, 13)}
     x1, e1 = batches[3]
@@ -348,8 +351,10 @@ def assert_one_line_error(excinfo, *keywords):
     (dict(beta="1"), "beta"),
     (dict(activation="swish"), "activation"), (dict(likelihood="poisson"), "likelihood"),
     (dict(objective="vimco"), "objective"), (dict(samples=0), "samples"),
-    (dict(dtype="float16"), "dtype"), (dict(dtype="int32"), "dtype"), (dict(device="tpu"), "device"),
-    (dict(likelihood="gaussian", sigma=0.0), "sigma"), (dict(likelihood="gaussian", sigma=-1.0), "sigma"),
+    (dict(dtype="float16"), "dtype"), (dict(dtype="int32"), "dtype"),
+    (dict(device="tpu"), "device"),
+    (dict(likelihood="gaussian", sigma=0.0), "sigma"),
+    (dict(likelihood="gaussian", sigma=-1.0), "sigma"),
     (dict(likelihood="gaussian", learn_sigma="always"), "learn_sigma"),
 ])
 def test_bad_constructor_arguments(kwargs, keyword):
