@@ -86,6 +86,9 @@ class VAE:
         if objective not in objectives.OBJECTIVES:
             raise MinivaeError(f"objective must be one of {', '.join(objectives.OBJECTIVES)}, "
                                f"got {objective!r}")
+        if objective == "iwae" and beta != 1.0:
+            raise MinivaeError(f"beta must be 1 with objective 'iwae' (the IWAE bound has no KL "
+                               f"term to weight), got {beta!r}; use objective 'elbo' for a beta-VAE")
         self.config = dict(data_dim=data_dim, hidden=list(hidden), latent_dim=latent_dim,
                            activation=activation, likelihood=likelihood, beta=float(beta),
                            dtype=resolve_dtype(dtype).__name__, seed=int(seed),
