@@ -98,6 +98,8 @@ def test_loss_and_grads_matches_central_differences(objective, lik, learn, act, 
     vector, the noise frozen (eps given).  ELBO with S in 1..3 and any beta; IWAE with K in 2..4."""
     rng = np.random.default_rng(seed)
     samples = K if objective == "iwae" else S
+    if objective == "iwae":
+        beta = 1.0                                    # the IWAE bound has no KL term to weight
     model = VAE(D, tuple(hidden), Z, activation=act, likelihood=lik, learn_sigma=learn,
                 sigma=sigma, beta=beta, objective=objective, samples=samples, dtype="float64",
                 seed=seed)

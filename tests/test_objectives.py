@@ -184,7 +184,7 @@ def test_loss_and_grads_average_over_the_batch(objective, lik, learn, B, S, seed
     """Per-example terms are averaged over the batch: loss and gradient of a batch are the means
     of those of its single examples (same noise)."""
     rng = np.random.default_rng(seed)
-    m = make_model(lik, learn, rng, objective, S, beta=0.7)
+    m = make_model(lik, learn, rng, objective, S, beta=0.7 if objective == "elbo" else 1.0)
     x, eps = make_data(lik, rng, B), rng.standard_normal((S, B, 2))
     loss, grads = m.loss_and_grads(x, eps=eps)
     parts = [m.loss_and_grads(x[i:i + 1], eps=eps[:, i:i + 1]) for i in range(B)]
