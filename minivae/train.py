@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import checkpoint
-from .backend import make_rng, resolve_dtype, to_device, to_host
+from .backend import make_rng, resolve_dtype, to_device
 from .errors import MinivaeError
 from .layers import mlp_shapes
 from .likelihoods import make_likelihood
