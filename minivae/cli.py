@@ -228,6 +228,10 @@ def cmd_train(args):
     if rows and f"{held}_elbo" in rows[0]:
         summary[f"{held}_elbo_before"] = round(rows[0][f"{held}_elbo"], 3)
         summary[f"{held}_elbo_after"] = round(rows[-1][f"{held}_elbo"], 3)
+    if data.test is not None or data.valid is not None:
+        from .likelihood import active_units
+        summary["active_units"] = active_units(
+            model, data.test if data.test is not None else data.valid)[0]
     if args.iwae:
         summary.update(_iwae_summary(model, data, args.iwae, args.iwae_n, args.seed,
                                      not args.no_progress))
