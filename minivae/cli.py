@@ -17,7 +17,8 @@ PRESETS = {
     "mnist-400-20": dict(dataset="mnist", hidden="400", latent_dim=20, activation="relu",
                          batch_size=128, lr=1e-3, binarize="dynamic"),
     "mnist-iwae-200-200-50": dict(dataset="mnist", hidden="200,200", latent_dim=50,
-                                  activation="tanh", batch_size=20, lr=1e-3, binarize="dynamic"),
+                                  activation="tanh", batch_size=20, lr=1e-3, binarize="dynamic",
+                                  lr_schedule="iwae", epochs=3280),
 }
 
 
@@ -77,6 +78,9 @@ def build_parser():
     t.add_argument("--epochs", type=_nonneg(int), default=None, help="[default: 30]")
     t.add_argument("--batch-size", type=_positive(int), default=None, help="[default: 128]")
     t.add_argument("--lr", type=_positive(float), default=None, help="[default: 1e-3]")
+    t.add_argument("--lr-schedule", choices=("constant", "iwae"), default=None,
+                   help="iwae: lr * 10^(-i/7) for 3^i epochs, i = 0..7 (Burda et al. 2016) "
+                   "[default: constant]")
     t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
     t.add_argument("--clip", type=_nonneg(float), default=0.0, help="max gradient norm (0: off)")
     t.add_argument("--hidden", type=_hidden, default=None, help="hidden widths, e.g. 400 or "
@@ -135,7 +139,8 @@ def build_parser():
 
 
 # ------------------------------------------------------------------------------------ train
-TRAIN_DEFAULTS = dict(dataset="shapes", epochs=30, batch_size=128, lr=1e-3, hidden="400",
+TRAIN_DEFAULTS = dict(dataset="shapes", epochs=30, batch_size=128, lr=1e-3, lr_schedule="constant",
+                      hidden="400",
                       latent_dim=10, activation="relu")
 
 
@@ -148,6 +153,17 @@ def _resolve(args):
         args.binarize = preset.get("binarize", "none" if args.dataset == "shapes" else "dynamic")
     if args.valid_size is None:
         args.valid_size = 0 if args.dataset == "shapes" else 10000
+
+
+RESUME_OPTIONS = ("resume", "epochs", "data_dir", "no_progress", "iwae", "iwae_n", "command")
+RESUME_OPTIONS_HELP = ("--epochs", "--data-dir", "--no-progress", "--iwae", "--iwae-n")
+
+
+def _options_given(args, exclude):
+    """The --options of `train` set to something other than their defaults."""
+    defaults = vars(build_parser().parse_args(["train"]))
+    return [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+            if k not in exclude and v != defaults.get(k)]
 
 
 def _make_run_dir(out, dataset):
@@ -170,12 +186,16 @@ def _load_data(name, data_dir, binarize, valid_size, seed):
 
 
 def cmd_train(args):
-    from .backend import make_rng
     from .model import VAE
     from .train import TrainConfig, Trainer, load_run, read_metrics
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.resume:
+        fixed = _options_given(args, exclude=RESUME_OPTIONS)
+        if fixed:
+            raise MinivaeError(f"--resume continues a run with its saved configuration; drop "
+                               f"{', '.join(fixed)} (only {', '.join(RESUME_OPTIONS_HELP)} may "
+                               "change)")
         model, meta, opt_arrays, extra = load_run(args.resume)
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
         tcfg = TrainConfig(**meta["train"])
@@ -200,7 +220,7 @@ def cmd_train(args):
                     args.objective, args.samples)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
-                           on_nonfinite=args.on_nonfinite)
+                           on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule)
         tcfg.check()
         run_dir = _make_run_dir(args.out, args.dataset)
         dataset_args = dict(data_dir=args.data_dir, binarize=args.binarize,
@@ -267,8 +287,8 @@ def _figures(model, data, rows, run_dir):
 
 # ------------------------------------------------------------------------------------ eval
 def cmd_eval(args):
-    from .backend import make_rng, resolve_device
-    from .train import evaluate, load_run
+    from .backend import make_rng
+    from .train import evaluate
     model, meta, _, _ = _load_for_device(args.run, args.device)
     d = meta.get("dataset_args", {})
     data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"),

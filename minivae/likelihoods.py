@@ -1,7 +1,10 @@
 """Decoder likelihoods p(x|z): what the decoder's outputs mean, and the gradient of -log p(x|z).
 
 A likelihood turns the decoder's last-layer outputs ``out`` (S, B, D) into
-    nll_and_grad(out, x, scale) -> nll (S, B), d(scale * sum nll)/d out (S, B, D)
+    nll_and_grad(out, x, scale, nll=None, db=None)
+        -> nll (S, B), d(sum scale * nll)/d out (S, B, D), whether db was written
+where scale is one number (the ELBO's 1/(S B)) or per-example weights (S, B, 1) (the IWAE's
+normalised weights over B).
 and writes the gradient of any parameter it owns (a learned log sigma) into its gradient view.
 
     Bernoulli   out = logits l             -log p = sum softplus(l) - x l,  d/dl = sigmoid(l) - x
@@ -10,12 +13,18 @@ and writes the gradient of any parameter it owns (a learned log sigma) into its 
 """
 import math
 
+import numpy as np
+
 from . import distributions as dist
 from . import kernels
 from .backend import get_array_module
 from .errors import MinivaeError
 
 LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def _is_number(scale):
+    return isinstance(scale, (int, float, np.floating, np.integer))
 SIGMA_MODES = ("fixed", "shared", "per-dim")
 
 
@@ -31,11 +40,20 @@ class Bernoulli:
     def bind(self, buffer):
         pass
 
-    def nll_and_grad(self, out, x, scale):
-        return kernels.bernoulli_nll_grad(out, x, scale)
+    def nll_and_grad(self, out, x, scale, nll=None, db=None):
+        """(nll (S, B), dout, db_written).  With nll (a workspace) given, the logits ``out`` are
+        overwritten by their gradient (one fused pass, nothing allocated); db (D,), when given,
+        receives that gradient summed over (S, B): the last decoder bias's gradient."""
+        if not _is_number(scale):                    # per-example weights (S, B, 1)
+            nll, dout = kernels.bernoulli_nll_grad(out, x, 1.0)
+            dout *= scale
+            return nll, dout, False
+        nll, dout = kernels.bernoulli_nll_grad(out, x, scale,
+                                               out=None if nll is None else (nll, out), db=db)
+        return nll, dout, db is not None
 
-    def nll(self, out, x):
-        return dist.bernoulli_nll(out, x)
+    def nll(self, out, x, nll=None):
+        return kernels.bernoulli_nll(out, x, out=nll)
 
     def mean(self, out):
         return dist.sigmoid(out)
@@ -84,15 +102,28 @@ class Gaussian:
             return self.log_sigma
         return out.dtype.type(math.log(self.sigma))
 
-    def nll_and_grad(self, out, x, scale):
-        nll, dmean, dlogsig = kernels.gaussian_nll_grad(out, x, self._log_sigma(out), scale)
+    def nll_and_grad(self, out, x, scale, nll=None, db=None):
+        """(nll (S, B), dmean, False): the decoder's bias gradient is left to the decoder."""
+        weights = None if _is_number(scale) else scale   # per-example weights (S, B, 1)
+        nll_, dmean, dlogsig = kernels.gaussian_nll_grad(out, x, self._log_sigma(out),
+                                                         1.0 if weights is not None else scale)
+        if weights is not None:
+            dmean *= weights
+            dlogsig *= weights
         if self.log_sigma is not None:
             axes = tuple(range(dlogsig.ndim - 1)) if self.learn == "per-dim" else None
             self.dlog_sigma[...] = dlogsig.sum(axis=axes)
-        return nll, dmean
+        if nll is not None:
+            nll[...] = nll_
+            nll_ = nll
+        return nll_, dmean, False
 
-    def nll(self, out, x):
-        return dist.gaussian_nll(out, x, self._log_sigma(out))
+    def nll(self, out, x, nll=None):
+        value = dist.gaussian_nll(out, x, self._log_sigma(out))
+        if nll is None:
+            return value
+        nll[...] = value
+        return nll
 
     def mean(self, out):
         return out

@@ -48,7 +48,8 @@ def elbo_loss(model, x, eps, beta):
     z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
     out = dec.forward(z.reshape(S * B, Z))
     out = out.reshape(S, B, out.shape[-1])
-    nll, dout, db_done = _nll_and_grad(model, dec, out, x, 1.0 / (S * B), ws)
+    nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
+                                                       db=dec.linears[-1].db)
 
     rec = xp.mean(nll)                           # mean over samples and batch
     kl_mean = xp.mean(kl)
@@ -59,17 +60,6 @@ def elbo_loss(model, x, eps, beta):
                                 out=(ws.dhead[:, :Z], ws.dhead[:, Z:]))
     enc.backward(ws.dhead)
     return Terms(loss, rec, kl_mean)
-
-
-def _nll_and_grad(model, dec, out, x, scale, ws):
-    """(nll, dout, db_done).  Bernoulli: one fused pass that overwrites the logits (a decoder
-    buffer) with their gradient and writes the last decoder bias's gradient too."""
-    if model.likelihood.name == "bernoulli":
-        nll, dout = kernels.bernoulli_nll_grad(out, x, scale, out=(ws.nll, out),
-                                               db=dec.linears[-1].db)
-        return nll, dout, True
-    nll, dout = model.likelihood.nll_and_grad(out, x, scale)
-    return nll, dout, False
 
 
 def log_weights(model, x, eps):
@@ -88,10 +78,7 @@ def log_weights(model, x, eps):
 
 
 def _log_w(model, out, x, z, eps, logvar, ws=None):
-    if model.likelihood.name == "bernoulli":
-        nll = kernels.bernoulli_nll(out, x, out=None if ws is None else ws.nll)
-    else:
-        nll = model.likelihood.nll(out, x)
+    nll = model.likelihood.nll(out, x, nll=None if ws is None else ws.nll)
     half = z.dtype.type(0.5)
     xp = get_array_module(z)
     return -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)
@@ -125,7 +112,8 @@ def iwae_loss(model, x, eps):
     mu, logvar = head[:, :Z], head[:, Z:]
     z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
     out = dec.forward(z.reshape(S * B, Z)).reshape(S, B, -1)
-    nll, dout = model.likelihood.nll_and_grad(out, x, 1.0)
+    lik = model.likelihood
+    nll = lik.nll(out, x, nll=ws.nll)
     half = z.dtype.type(0.5)
     logw = -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)        # (S, B)
 
@@ -137,12 +125,7 @@ def iwae_loss(model, x, eps):
     loss = -xp.mean(bound)
 
     c = wt * z.dtype.type(1.0 / B)                                          # (S, B)
-    dout *= c[..., None]
-    lik = model.likelihood
-    if getattr(lik, "log_sigma", None) is not None:   # a learned log sigma: weight it by c too
-        _, _, dls = kernels.gaussian_nll_grad(out, x, lik.log_sigma, 1.0)
-        dls *= c[..., None]
-        lik.dlog_sigma[...] = dls.sum(axis=(0, 1)) if lik.learn == "per-dim" else dls.sum()
+    _, dout, _ = lik.nll_and_grad(out, x, c[..., None])   # also weights a learned log sigma
     dz = dec.backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
     dz += c[..., None] * z
     dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, 0.0,

@@ -45,6 +45,9 @@ def _is_real(v):
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+LR_SCHEDULES = ("constant", "iwae")
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -56,6 +59,19 @@ class TrainConfig:
     on_nonfinite: str = "stop"       # 'stop' or 'skip' the batch
     drop_last: bool = False
     eval_batch: int = 1000
+    lr_schedule: str = "constant"    # or 'iwae': lr * 10^(-i/7) for 3^i epochs, i = 0..7
+
+    def lr_at(self, epoch):
+        """The learning rate of epoch `epoch` (0-based).  'iwae' is the schedule of Burda et al.
+        (2016): stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7), 3,280 epochs in all (the
+        last stage's rate continues beyond)."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        i, end = 0, 1
+        while epoch >= end and i < 7:
+            i += 1
+            end += 3 ** i
+        return self.lr * 10 ** (-i / 7)
 
     def check(self):
         """self, after checking every field; a bad one raises a one-line MinivaeError."""
@@ -75,6 +91,9 @@ class TrainConfig:
                                f"got {self.optimizer!r}")
         if not _is_int(self.seed, 0):
             raise MinivaeError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise MinivaeError(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                               f"got {self.lr_schedule!r}")
         if self.on_nonfinite not in ("stop", "skip"):
             raise MinivaeError(f"on-nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         if not isinstance(self.drop_last, bool):
@@ -337,6 +356,7 @@ class Trainer:
             self.perm = self.data_rng.permutation(N)
             self.step = 0
             self._reset_epoch_totals()
+            self.opt.lr = cfg.lr_at(self.epoch)
         dynamic = data.binarize == "dynamic"
         S, Z = model.samples, model.latent_dim
         t0 = time.perf_counter() - self._seconds
@@ -345,14 +365,28 @@ class Trainer:
             from tqdm import tqdm
             bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}",
                        leave=False, unit="step", dynamic_ncols=True)
+        buffers = {}            # batch size -> (x, uniforms, eps): the loop allocates nothing
+
+        def batch_buffers(n):
+            if n not in buffers:
+                D = data.train.shape[1]
+                buffers[n] = (np.empty((n, D), data.train.dtype), np.empty((n, D), np.float32),
+                              np.empty((S, n, Z), model.dtype) if xp is np else None)
+            return buffers[n]
+
         try:
             while self.step < steps:
                 idx = self.perm[self.step * bs:(self.step + 1) * bs]
-                xb = data.train[idx]
-                if dynamic:
-                    xb = (self.data_rng.random(xb.shape, dtype=np.float32) < xb).astype(np.float32)
+                xb, u, eps = batch_buffers(len(idx))
+                np.take(data.train, idx, axis=0, out=xb)
+                if dynamic:     # the draws of binarize_batch: rng.random(shape, float32) < x
+                    self.data_rng.random(out=u, dtype=np.float32)
+                    np.less(u, xb, out=xb)
                 xb = to_device(xb, xp, model.dtype)
-                eps = self.noise_rng.standard_normal((S, len(idx), Z), dtype=model.dtype)
+                if eps is not None:
+                    self.noise_rng.standard_normal(out=eps, dtype=model.dtype)
+                else:
+                    eps = self.noise_rng.standard_normal((S, len(idx), Z), dtype=model.dtype)
                 terms = model.forward_backward(xb, eps)
                 loss = float(terms.loss)
                 g = model.buffer.grad

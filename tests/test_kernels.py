@@ -286,3 +286,14 @@ def test_step_matches_reference_kernels():
     close(np.float32(t.loss), np.float32(tr.loss), np.float32)
     gr = model.buffer.grad
     assert np.max(np.abs(g - gr)) <= 64 * np.finfo(np.float32).eps * np.max(np.abs(gr))
+
+
+@pytest.mark.parametrize("name", sorted(kernels.ACTIVATIONS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_propagates_through_bias_activation_like_the_reference(name, dtype):
+    """A NaN weight must reach the loss (where the divergence guard sees it), not vanish."""
+    h = np.array([[np.nan, 1.0, -1.0]], dtype)
+    b = np.zeros(3, dtype)
+    fast = kernels.bias_act_forward(name, h.copy(), b)
+    want = ref.bias_act_forward(name, h.copy(), b)
+    assert np.isnan(want[0, 0]) and np.isnan(fast[0, 0])

@@ -64,7 +64,7 @@ def _exp_neg_f32(a):
     p = p * r + f32(5.0000001201e-1)
     p = p * r * r + r + f32(1.0)
     e = p * _int_bits_as_f32((np.int64(n) + 127) << 23)
-    return e if a < f32(87.33654) else f32(0.0)
+    return e if not (a >= f32(87.33654)) else f32(0.0)      # NaN stays NaN
 
 
 @njit(**_jit)
@@ -164,7 +164,7 @@ def bias_relu(h, b, out):
     for i in range(h.shape[0]):
         for j in range(h.shape[1]):
             v = h[i, j] + b[j]
-            out[i, j] = v if v > 0 else f32(0.0)
+            out[i, j] = v if not (v <= 0) else f32(0.0)     # NaN stays NaN, as in the reference
 
 
 @njit(**_jit)
