@@ -71,7 +71,8 @@ def test_table_has_one_row_per_claim():
     lines = derivation.table(claims).splitlines()
     rows = [line.split() for line in lines[2:] if line[:5].strip()]
     assert [r[0] for r in rows] == derivation.ORDER
-    assert [r[1] for r in rows] == ["NOT" if cid == "C3" else "verified" for cid in derivation.ORDER]
+    expect = ["NOT" if cid == "C3" else "verified" for cid in derivation.ORDER]
+    assert [r[1] for r in rows] == expect
     assert len(lines) == 2 + 2 * len(claims)          # 120 characters of numbers: two lines each
 
 
@@ -104,3 +105,18 @@ def test_a_biased_pathwise_derivative_is_caught(tmp_path, monkeypatch):
 def test_unknown_claim_is_refused():
     with pytest.raises(SystemExit):
         derivation.main(["--only", "C13"])
+
+
+def test_a_crashing_claim_is_not_verified_and_the_table_still_prints(tmp_path, monkeypatch,
+                                                                      capsys):
+    def crash(ctx):
+        raise ValueError("boom")
+
+    monkeypatch.setitem(derivation.CLAIMS, "C4", crash)
+    code = derivation.main(["--quick", "--only", "C4,C6", "--out", str(tmp_path)])
+    with open(tmp_path / "claims.json") as f:
+        record = json.load(f)
+    assert code == 1
+    assert {c["id"]: c["verified"] for c in record["claims"]} == {"C4": False, "C6": True}
+    assert "ValueError: boom" in record["claims"][0]["summary"]
+    assert "C6    verified" in capsys.readouterr().out
