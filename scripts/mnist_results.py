@@ -39,32 +39,18 @@ PEER_README_CURVE = [-125.40, -113.21, -108.88, -106.86, -105.53, -104.41, -103.
                      -102.55, -102.06]
 
 
-def iwae_schedule(epochs, lr0=1e-3):
-    """[(epochs_in_stage, lr)], stage i: 3^i epochs at lr0 * 10^(-i/7), cut at `epochs`."""
-    stages, done, i = [], 0, 0
-    while done < epochs and i < 8:
-        n = min(3 ** i, epochs - done)
-        stages.append((n, lr0 * 10 ** (-i / 7)))
-        done += n
-        i += 1
-    return stages
-
-
 def run_minivae(args, seed, data, out_dir):
     dims = [int(d) for d in args.arch.split("-")]
     model = VAE(dims[0], tuple(dims[1:-1]), dims[-1], args.act, "bernoulli", seed=seed,
                 objective=args.objective, samples=args.k)
     run_dir = os.path.join(out_dir, f"minivae-seed{seed}")
     os.makedirs(run_dir, exist_ok=False)
-    stages = iwae_schedule(args.epochs) if args.schedule == "iwae" else [(args.epochs, args.lr)]
-    cfg = TrainConfig(epochs=0, batch_size=args.batch, lr=stages[0][1], seed=seed)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=seed,
+                      lr_schedule=args.schedule)
     trainer = Trainer(model, data, cfg, run_dir, log=lambda m: print(f"[seed {seed}] {m}",
                                                                         file=sys.stderr))
     t0 = time.perf_counter()
-    for n, lr in stages:
-        trainer.cfg.epochs += n
-        trainer.opt.lr = lr
-        trainer.fit()
+    trainer.fit()
     wall = time.perf_counter() - t0
     rows = read_metrics(run_dir)
     train_s = sum(r["seconds"] for r in rows)
@@ -136,7 +122,8 @@ def main():
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--schedule", choices=("constant", "iwae"), default="constant")
+    p.add_argument("--schedule", choices=("constant", "iwae"), default="constant",
+                   help="iwae: lr * 10^(-i/7) for 3^i epochs (TrainConfig.lr_schedule)")
     p.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     p.add_argument("--k", type=int, default=1, help="training samples (IWAE K)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])

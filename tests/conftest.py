@@ -1,7 +1,11 @@
 """Shared test configuration: hypothesis profiles (HYPOTHESIS_PROFILE=ci, or CI=true), fixtures."""
 import os
 
-import numpy as np
+# One BLAS thread for the tests: their matrices are tiny, and on a shared 2-core machine
+# OpenBLAS's spinning threads made small GEMMs 10-30x slower under load.  Set before NumPy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 import pytest
 from hypothesis import HealthCheck, settings
 
