@@ -1,7 +1,7 @@
 """Decoder likelihoods p(x|z): what the decoder's outputs mean, and the gradient of -log p(x|z).
 
 A likelihood turns the decoder's last-layer outputs ``out`` (S, B, D) into
-    nll_and_grad(out, x, scale, nll=None, db=None)
+    nll_and_grad(out, x, scale, nll=None, grad=None, db=None)
         -> nll (S, B), d(sum scale * nll)/d out (S, B, D), whether db was written
 where scale is one number (the ELBO's 1/(S B)) or per-example weights (S, B, 1) (the IWAE's
 normalised weights over B).
@@ -40,16 +40,16 @@ class Bernoulli:
     def bind(self, buffer):
         pass
 
-    def nll_and_grad(self, out, x, scale, nll=None, db=None):
-        """(nll (S, B), dout, db_written).  With nll (a workspace) given, the logits ``out`` are
-        overwritten by their gradient (one fused pass, nothing allocated); db (D,), when given,
-        receives that gradient summed over (S, B): the last decoder bias's gradient."""
+    def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None):
+        """(nll (S, B), dout, db_written), in one fused pass.  nll (S, B) and grad (S, B, D),
+        when given, are workspaces written instead of allocating; db (D,), when given, receives
+        the gradient summed over (S, B): the last decoder bias's gradient."""
         if not _is_number(scale):                    # per-example weights (S, B, 1)
             nll, dout = kernels.bernoulli_nll_grad(out, x, 1.0)
             dout *= scale
             return nll, dout, False
-        nll, dout = kernels.bernoulli_nll_grad(out, x, scale,
-                                               out=None if nll is None else (nll, out), db=db)
+        bufs = None if nll is None or grad is None else (nll, grad)
+        nll, dout = kernels.bernoulli_nll_grad(out, x, scale, out=bufs, db=db)
         return nll, dout, db is not None
 
     def nll(self, out, x, nll=None):
@@ -102,7 +102,7 @@ class Gaussian:
             return self.log_sigma
         return out.dtype.type(math.log(self.sigma))
 
-    def nll_and_grad(self, out, x, scale, nll=None, db=None):
+    def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None):
         """(nll (S, B), dmean, False): the decoder's bias gradient is left to the decoder."""
         weights = None if _is_number(scale) else scale   # per-example weights (S, B, 1)
         nll_, dmean, dlogsig = kernels.gaussian_nll_grad(out, x, self._log_sigma(out),

@@ -42,10 +42,13 @@ def _positive_int(name, value):
 
 
 class StepBuffers:
-    """z (S, B, Z), std (B, Z), kl (B,), nll (S, B) and dhead (B, 2Z): the encoder head's gradient,
-    whose column halves receive dmu and dlogvar directly (no concatenation)."""
+    """z (S, B, Z), std (B, Z), kl (B,), nll (S, B), dout (S, B, D): the gradient of the decoder's
+    output (its own buffer: written over the logits in place, the aliasing would keep the fused
+    kernel from vectorising, 4x slower), and dhead (B, 2Z): the encoder head's gradient, whose
+    column halves receive dmu and dlogvar directly (no concatenation)."""
 
-    def __init__(self, xp, dtype, S, B, Z):
+    def __init__(self, xp, dtype, S, B, Z, D):
+        self.dout = xp.empty((S, B, D), dtype)
         self.z = xp.empty((S, B, Z), dtype)
         self.std = xp.empty((B, Z), dtype)
         self.kl = xp.empty(B, dtype)
@@ -168,7 +171,8 @@ class VAE:
     def _step_buffers(self, S, B):
         """Buffers of one step's latent quantities for S samples of a batch of B."""
         return self._workspace(("step", S, B), lambda: StepBuffers(self.xp, self.dtype, S, B,
-                                                                   self.latent_dim))
+                                                                   self.latent_dim,
+                                                                   self.data_dim))
 
     # ------------------------------------------------------------------ checks at the boundary
     def check_data(self, x, name="x"):

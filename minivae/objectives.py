@@ -49,7 +49,7 @@ def elbo_loss(model, x, eps, beta):
     out = dec.forward(z.reshape(S * B, Z))
     out = out.reshape(S, B, out.shape[-1])
     nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
-                                                       db=dec.linears[-1].db)
+                                                       grad=ws.dout, db=dec.linears[-1].db)
 
     rec = xp.mean(nll)                           # mean over samples and batch
     kl_mean = xp.mean(kl)

@@ -343,8 +343,12 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
         return reference.adam_update(p, g, m, v, lr, beta1, beta2, eps, t)
     dt = p.dtype.type
     c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
+    # floors that keep every product normal: (1-b2) g^2 >= 4 tiny and b1 m, b2 v >= 4 tiny
+    tiny = float(np.finfo(p.dtype).tiny)
+    g_floor = (4 * tiny / max(1 - beta2, 1e-30)) ** 0.5
+    s_floor = 4 * tiny / max(min(beta1, beta2), 1e-30)
     nb.adam_update(p, g, m, v, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(lr / c1),
-                   dt(1 / c2), dt(eps))
+                   dt(1 / c2), dt(eps), dt(g_floor), dt(s_floor))
 
 
 __all__ = ["use", "active", "MODE", "ACTIVATIONS", "act_forward", "act_backward",

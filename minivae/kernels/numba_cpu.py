@@ -410,13 +410,24 @@ def gaussian_nll_grad(mean, x, log_sigma, scale, half_log2pi, nll, dmean, dlogsi
 
 # ----------------------------------------------------------------------------- Adam
 @njit(**_jit)
-def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step, inv_c2, eps):
+def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step, inv_c2, eps,
+                g_floor, s_floor):
     """m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;  p <- p - step m / (sqrt(v inv_c2) + eps)
-    with step = lr / (1 - b1^t), inv_c2 = 1 / (1 - b2^t); flat buffers, in place."""
+    with step = lr / (1 - b1^t), inv_c2 = 1 / (1 - b2^t); flat buffers, in place.
+
+    Subnormal floats cost ~100 cycles per operation on x86, and Adam makes them: a parameter
+    whose gradient is exactly 0 (a dead ReLU) has m decay by b1 every step until it is
+    subnormal, and g^2 is subnormal for |g| < 1e-19 in float32.  So |g| < g_floor and stored
+    |m|, v < s_floor count as 0 (see the dispatcher for the floors): the update they would have
+    made is below lr * 1e-9 in float32, far under the parameter's own rounding."""
+    zero = p.dtype.type(0.0)
     for i in range(p.shape[0]):
         gi = g[i]
+        gi = gi if abs(gi) >= g_floor else zero
         mi = m[i] * beta1 + one_minus_beta1 * gi
         vi = v[i] * beta2 + one_minus_beta2 * (gi * gi)
+        mi = mi if abs(mi) >= s_floor else zero
+        vi = vi if vi >= s_floor else zero
         m[i] = mi
         v[i] = vi
         p[i] -= step * mi / (math.sqrt(vi * inv_c2) + eps)
