@@ -27,6 +27,22 @@ Terms.__doc__ = """Batch means, in nats per example: loss (the objective), rec (
 the distortion) and kl (KL(q(z|x) || p(z)), the rate)."""
 
 
+Forward = namedtuple("Forward", "ws enc dec mu logvar z std kl out")
+
+
+def _forward(model, x, eps):
+    """The pass every objective starts with, on the model's workspaces:
+        x -> encoder -> (mu, logvar) -> z = mu + std * eps, KL -> decoder -> out (S, B, D)."""
+    S, B, Z = eps.shape
+    ws = model._step_buffers(S, B)
+    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
+    head = enc.forward(x)
+    mu, logvar = head[:, :Z], head[:, Z:]
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    out = dec.forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    return Forward(ws, enc, dec, mu, logvar, z, std, kl, out)
+
+
 def elbo_loss(model, x, eps, beta):
     """The (beta-)ELBO loss and its gradient.  x: (B, D); eps: (S, B, Z).
 
@@ -41,13 +57,7 @@ def elbo_loss(model, x, eps, beta):
     """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    ws = model._step_buffers(S, B)
-    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
-    head = enc.forward(x)
-    mu, logvar = head[:, :Z], head[:, Z:]
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
-    out = dec.forward(z.reshape(S * B, Z))
-    out = out.reshape(S, B, out.shape[-1])
+    ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
                                                        grad=ws.dout, db=dec.linears[-1].db)
 
@@ -68,12 +78,7 @@ def log_weights(model, x, eps):
     Forward only; also returns what the IWAE backward needs (mu, logvar, z, std, out, kl): views
     of the model's workspaces, valid until its next pass with the same sizes.
     """
-    S, B, Z = eps.shape
-    ws = model._step_buffers(S, B)
-    head = model._plan("enc", B).forward(x)
-    mu, logvar = head[:, :Z], head[:, Z:]
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
-    out = model._plan("dec", S * B).forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    ws, _, _, mu, logvar, z, std, kl, out = _forward(model, x, eps)
     return _log_w(model, out, x, z, eps, logvar, ws), (mu, logvar, z, std, out, kl)
 
 
@@ -106,12 +111,7 @@ def iwae_loss(model, x, eps):
     """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    ws = model._step_buffers(S, B)
-    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
-    head = enc.forward(x)
-    mu, logvar = head[:, :Z], head[:, Z:]
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
-    out = dec.forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+    ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
     lik = model.likelihood
     nll = lik.nll(out, x, nll=ws.nll)
     half = z.dtype.type(0.5)
