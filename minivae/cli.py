@@ -327,15 +327,7 @@ def cmd_eval(args):
 
 def _load_for_device(run, device):
     from .train import load_run
-    model, meta, opt, extra = load_run(run)
-    if device and device != model.config["device"]:
-        from .model import VAE
-        from .backend import to_device, to_host
-        cfg = dict(model.config, device=device)
-        m2 = VAE(**cfg)
-        m2.buffer.data[...] = to_device(to_host(model.buffer.data), m2.xp)
-        model = m2
-    return model, meta, opt, extra
+    return load_run(run, device)
 
 
 # ------------------------------------------------------------------------------------ sample

@@ -565,8 +565,11 @@ def _expected_arrays(where):
     return expect
 
 
-def load_run(path):
+def load_run(path, device=None):
     """(model, meta, opt_arrays, extra) from a run directory or a checkpoint file.
+
+    The model is built on ``device`` ('cpu' or 'cuda'; None: the device it was saved from), so a
+    run trained on a GPU loads on a machine without one.  meta keeps the saved config.
 
     Nothing in the file is trusted: the meta record is checked field by field, every array's
     name, shape and dtype against the config before it is read, and the values for NaN/inf.
@@ -575,8 +578,11 @@ def load_run(path):
     path = os.fspath(path)
     ck = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
     params, meta, opt, extra = checkpoint.load(ck, expect=_expected_arrays(ck))
+    cfg = dict(meta["model"])
+    if device is not None:
+        cfg["device"] = device
     try:
-        model = VAE(**meta["model"])
+        model = VAE(**cfg)
     except TypeError as e:
         raise MinivaeError(f"{ck}: its model config does not build a VAE ({e}); the file is "
                            "damaged or from another program") from None

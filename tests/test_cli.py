@@ -241,3 +241,34 @@ def test_python_dash_m_minivae(argv, tmp_path):
                        cwd=tmp_path, timeout=120)
     assert_clean_error(p.returncode, p.stderr)
     assert p.stdout == ""
+
+
+# ---------------------------------------------------------------------------- review fixes
+def _gpu_checkpoint(run_dir, dest):
+    """A copy of run_dir's checkpoint whose meta says it was trained on device 'cuda'."""
+    from minivae import checkpoint
+    params, meta, opt, extra = checkpoint.load(str(run_dir / "checkpoint.npz"))
+    meta = dict(meta, model=dict(meta["model"], device="cuda"))
+    meta.pop("format_version", None)
+    dest.mkdir()
+    checkpoint.save(str(dest / "checkpoint.npz"), params, meta, opt, extra)
+    return dest
+
+
+def test_gpu_checkpoint_loads_on_the_cpu(run_dir, tmp_path, capsys):
+    try:
+        import cupy  # noqa: F401
+        pytest.skip("CuPy is installed here: a 'cuda' checkpoint loads anyway")
+    except ImportError:
+        pass
+    gpu = _gpu_checkpoint(run_dir, tmp_path / "gpu")
+    model, meta, _, _ = load_run(gpu, device="cpu")
+    assert model.config["device"] == "cpu" and meta["model"]["device"] == "cuda"
+    np.testing.assert_array_equal(model.buffer.data, load_run(run_dir)[0].buffer.data)
+    rc, out, err = run(["eval", str(gpu), "--device", "cpu", "--no-progress"], capsys)
+    assert rc == 0 and "ELBO" in out, err
+    rc, out, err = run(["sample", str(gpu), "--device", "cpu", "--n", "4",
+                        "--out", str(tmp_path / "s.png")], capsys)
+    assert rc == 0, err
+    rc, _, err = run(["eval", str(gpu), "--no-progress"], capsys)    # its own device: no CuPy
+    assert_clean_error(rc, err, "CuPy")
