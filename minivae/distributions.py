@@ -42,7 +42,9 @@ def kl_standard_normal(mu, logvar):
     """KL(N(mu, exp(logvar)) || N(0, I)) per example: (B, Z) -> (B,)."""
     xp = get_array_module(mu)
     half = mu.dtype.type(0.5)
-    return half * xp.sum(mu * mu + xp.exp(logvar) - 1 - logvar, axis=-1)
+    # expm1(logvar) - logvar, not exp(logvar) - 1 - logvar: no cancellation near logvar = 0,
+    # where collapsed units sit (float32 would otherwise lose every digit of a tiny KL)
+    return half * xp.sum(mu * mu + (xp.expm1(logvar) - logvar), axis=-1)
 
 
 def kl_standard_normal_backward(mu, logvar):

@@ -320,3 +320,27 @@ def test_adam_never_stores_subnormal_moments(dtype):
     if dtype == np.float32:     # the reference did go subnormal: the test exercises the flush
         assert np.any((m_ref != 0) & (np.abs(m_ref) < tiny))
     np.testing.assert_allclose(p, p_ref, rtol=8 * np.finfo(dtype).eps, atol=0)
+
+
+def test_kl_of_a_nearly_collapsed_unit_keeps_its_digits_in_float32():
+    """KL per unit = (mu^2 + expm1(lv) - lv) / 2 ~ lv^2 / 4 near lv = 0: exp(lv) - 1 - lv would
+    cancel to float32 round-off (~1e-8), far above the true value (~1e-9 here)."""
+    lv = np.full((1, 3), 1e-4 / 2 ** 0.5, np.float32) * np.array([1, 2, 3], np.float32)
+    mu = np.zeros((1, 3), np.float32)
+    eps = np.zeros((1, 1, 3), np.float32)
+    exact = 0.5 * float(np.sum(np.expm1(lv.astype(np.float64)) - lv.astype(np.float64)))
+    for kl in (ref.reparam_kl(mu, lv, eps)[2], kernels.reparam_kl(mu, lv, eps)[2]):
+        assert kl.dtype == np.float32
+        # expm1's own rounding (half an ulp of |lv| per unit, doubled for the sum) bounds the
+        # error; exp(lv) - 1 - lv errs by an ulp of 1.0 per unit, ~1000x more
+        bound = float(np.sum(np.abs(lv))) * np.finfo(np.float32).eps
+        assert abs(float(kl[0]) - exact) <= bound, (float(kl[0]), exact, bound)
+        assert bound < 0.01 * exact
+
+
+def test_exp_of_large_negative_logits_is_accurate_to_the_smallest_normal():
+    """sigmoid(-87.3) = exp(-87.3)/(1 + ...): the float32 kernel's exp must not clamp early."""
+    logits = np.array([[-87.3, -87.0, -80.0]], np.float32)
+    y = kernels.act_forward("sigmoid", logits)
+    want = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    np.testing.assert_allclose(y, want, rtol=1e-5)

@@ -59,7 +59,7 @@ _GAUSS = cp.ElementwiseKernel(
 _REPARAM = cp.ElementwiseKernel(
     "T mu, T logvar, T eps", "T z", "z = mu + exp(logvar * (T)0.5) * eps;", "minivae_reparam")
 _KL_TERM = cp.ReductionKernel(
-    "T mu, T logvar", "T kl", "mu * mu + exp(logvar) - (T)1 - logvar", "a + b",
+    "T mu, T logvar", "T kl", "mu * mu + (expm1(logvar) - logvar)", "a + b",
     "kl = (T)0.5 * a", "0", "minivae_kl")
 _DLOGVAR_S = cp.ElementwiseKernel(
     "T dz, T eps, T std", "T t", "t = dz * eps * std * (T)0.5;", "minivae_dlogvar_sample")

@@ -53,7 +53,7 @@ def _int_bits_as_f32(typingctx, i):
 @njit(**_jit)
 def _exp_neg_f32(a):
     """exp(-a) for float32 a >= 0 (Cephes expf); 0 where the result would be subnormal."""
-    x = -min(a, f32(87.0))
+    x = -min(a, f32(87.33654))      # exp(-87.33654) is float32's smallest normal
     n = np.floor(x * f32(1.44269504088896341) + f32(0.5))
     r = x - n * f32(0.693359375) + n * f32(2.12194440e-4)
     p = f32(1.9875691500e-4)
@@ -132,9 +132,11 @@ def _tanh_impl(x):
 
 
 @njit(**_jit)
-def _lane_sum(t, n):
-    """sum(t[:n]) with 16 interleaved partial sums (vectorisable; no reassociation needed)."""
-    acc = np.zeros(16, t.dtype)
+def _lane_sum(t, n, acc):
+    """sum(t[:n]) with 16 interleaved partial sums in acc (vectorisable; no reassociation
+    needed).  acc: a scratch array of 16, passed in so the per-row sum allocates nothing."""
+    for k in range(16):
+        acc[k] = 0
     m = n - n % 16
     for j in range(0, m, 16):
         for k in range(16):
@@ -305,7 +307,7 @@ def back_elu(dy, y, out, db, alpha):
 # ----------------------------------------------------------------------------- q(z|x)
 @njit(**_jit)
 def reparam_kl(mu, logvar, eps, z, std, kl):
-    """z = mu + exp(logvar/2) eps;  kl_b = 1/2 sum_j (mu^2 + exp(logvar) - 1 - logvar).
+    """z = mu + exp(logvar/2) eps;  kl_b = 1/2 sum_j (mu^2 + expm1(logvar) - logvar).
 
     mu, logvar, std: (B, Z);  eps, z: (S, B, Z);  kl: (B,)."""
     S, B, Z = eps.shape
@@ -317,7 +319,7 @@ def reparam_kl(mu, logvar, eps, z, std, kl):
             m = mu[b, j]
             s = math.exp(lv * half)
             std[b, j] = s
-            acc += m * m + math.exp(lv) - f32(1.0) - lv
+            acc += m * m + (math.expm1(lv) - lv)    # expm1: exact for collapsed units
         kl[b] = half * acc
     for s_ in range(S):
         for b in range(B):
@@ -351,6 +353,7 @@ def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
     S, B, D = logits.shape
     one = f32(1.0)
     t = np.empty(D, logits.dtype)
+    acc16 = np.empty(16, logits.dtype)
     acc = db.shape[0] == D
     if acc:
         _db_init(db, D)
@@ -366,7 +369,7 @@ def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
                 grad[s_, b, d] = g
                 if acc:
                     db[d] += g
-            nll[s_, b] = _lane_sum(t, D)
+            nll[s_, b] = _lane_sum(t, D, acc16)
 
 
 @njit(**_jit)
@@ -374,12 +377,13 @@ def bernoulli_nll(logits, x, nll):
     """nll[s, b] = sum_d softplus(l) - x l      logits: (S, B, D); x: (B, D); nll: (S, B)."""
     S, B, D = logits.shape
     t = np.empty(D, logits.dtype)
+    acc16 = np.empty(16, logits.dtype)
     for s_ in range(S):
         for b in range(B):
             for d in range(D):
                 l = logits[s_, b, d]
                 t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(_exp_neg(abs(l)))) - x[b, d] * l
-            nll[s_, b] = _lane_sum(t, D)
+            nll[s_, b] = _lane_sum(t, D, acc16)
 
 
 @njit(**_jit)
@@ -396,6 +400,7 @@ def gaussian_nll_grad(mean, x, log_sigma, scale, half_log2pi, nll, dmean, dlogsi
         inv_sig[d] = math.exp(-log_sigma[d])
         inv_var[d] = math.exp(-f32(2.0) * log_sigma[d])
     t = np.empty(D, mean.dtype)
+    acc16 = np.empty(16, mean.dtype)
     for s_ in range(S):
         for b in range(B):
             for d in range(D):
@@ -405,7 +410,7 @@ def gaussian_nll_grad(mean, x, log_sigma, scale, half_log2pi, nll, dmean, dlogsi
                 dd = m - x[b, d]
                 dmean[s_, b, d] = scale * (dd * inv_var[d])
                 dlogsig[s_, b, d] = scale * (f32(1.0) - dd * dd * inv_var[d])
-            nll[s_, b] = _lane_sum(t, D)
+            nll[s_, b] = _lane_sum(t, D, acc16)
 
 
 # ----------------------------------------------------------------------------- Adam
