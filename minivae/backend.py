@@ -81,8 +81,18 @@ def resolve_dtype(dtype):
     return dt.type
 
 
+def _seed_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and v >= 0
+
+
 def make_rng(seed, xp=np):
-    """A seeded generator for the array module xp (PCG64 on the CPU, CuPy's default on the GPU)."""
+    """A seeded generator for the array module xp (PCG64 on the CPU, CuPy's default on the GPU).
+
+    seed: an integer >= 0, or a non-empty list/tuple of them (e.g. [seed, 3])."""
+    ok = _seed_int(seed) or (isinstance(seed, (list, tuple)) and len(seed) > 0
+                             and all(_seed_int(v) for v in seed))
+    if not ok:
+        raise MinivaeError(f"seed must be an integer >= 0 (or a list of them), got {seed!r}")
     if xp is np:
         return np.random.default_rng(seed)
     return xp.random.default_rng(seed)

@@ -97,7 +97,7 @@ def build_parser():
     t.add_argument("--k", "--samples", dest="samples", type=_positive(int), default=1,
                    help="Monte Carlo samples per example (the K of --objective iwae)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=_nonneg(int), default=0)
     t.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="[default: $MINIVAE_DEVICE or cpu]")
     t.add_argument("--out", default=None, help="run directory to create "
@@ -123,7 +123,7 @@ def build_parser():
     e.add_argument("--n", type=_positive(int), default=None, help="first N images only")
     e.add_argument("--rows", type=_positive(int), default=10000,
                    help="most samples decoded at once (memory bound)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_nonneg(int), default=0)
     e.add_argument("--device", choices=("cpu", "cuda"), default=None)
     e.add_argument("--json", action="store_true", help="print one JSON line")
     e.add_argument("--no-progress", action="store_true")
@@ -132,7 +132,7 @@ def build_parser():
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     s.add_argument("run", help="run directory or checkpoint .npz")
     s.add_argument("--n", type=_positive(int), default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_nonneg(int), default=0)
     s.add_argument("--out", default=None, help="PNG path [default: RUN/samples-seed<S>.png]")
     s.add_argument("--device", choices=("cpu", "cuda"), default=None)
     return p

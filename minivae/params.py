@@ -12,6 +12,10 @@ import math
 
 import numpy as np
 
+from .errors import MinivaeError
+
+MAX_ELEMENTS = 2 ** 31              # parameters in one buffer (8 GiB of float32)
+
 
 class ParamBuffer:
     """Named views into one flat ``data`` buffer and one flat ``grad`` buffer of equal size.
@@ -27,10 +31,22 @@ class ParamBuffer:
             self.offsets[name] = total
             total += math.prod(shape)
         self.size = total
-        self.data = xp.zeros(total, dtype=dtype)
-        self.grad = xp.zeros(total, dtype=dtype)
+        if total > MAX_ELEMENTS:
+            raise MinivaeError(f"{self._too_big()} exceed the bound of {MAX_ELEMENTS} (2**31); "
+                               "not enough memory for these sizes: choose smaller ones")
+        try:
+            self.data = xp.zeros(total, dtype=dtype)
+            self.grad = xp.zeros(total, dtype=dtype)
+        except (MemoryError, ValueError):
+            raise MinivaeError(f"{self._too_big()} do not fit in memory (twice, with their "
+                               "gradients): choose smaller sizes") from None
         self.params = self._views(self.data)
         self.grads = self._views(self.grad)
+
+    def _too_big(self):
+        name = max(self.shapes, key=lambda n: math.prod(self.shapes[n]))
+        return (f"{self.size} parameters (the largest, {name}, has shape "
+                f"{self.shapes[name]})")
 
     def _views(self, flat):
         views = {}

@@ -85,3 +85,17 @@ def test_to_device_and_to_host_on_the_cpu():
     assert y.dtype == np.float32 and np.array_equal(y, x)
     assert backend.to_host(x) is x
     assert backend.to_host(1.5) == 1.5
+
+
+@pytest.mark.parametrize("bad", [-1, [0, -2], 1.5, "3", True, [1, "x"], np.int64(-7), [], None])
+def test_make_rng_rejects_a_bad_seed(bad):
+    with pytest.raises(MinivaeError) as e:
+        backend.make_rng(bad)
+    assert "seed" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_make_rng_accepts_numpy_integers_and_sequences():
+    a = backend.make_rng([np.int64(3), 4]).standard_normal(4)
+    assert np.array_equal(a, np.random.default_rng([3, 4]).standard_normal(4))
+    assert np.array_equal(backend.make_rng(np.uint32(5)).random(3),
+                          np.random.default_rng(5).random(3))

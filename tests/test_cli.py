@@ -272,3 +272,19 @@ def test_gpu_checkpoint_loads_on_the_cpu(run_dir, tmp_path, capsys):
     assert rc == 0, err
     rc, _, err = run(["eval", str(gpu), "--no-progress"], capsys)    # its own device: no CuPy
     assert_clean_error(rc, err, "CuPy")
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval", "sample"])
+def test_negative_seed_is_a_clean_error(cmd, run_dir, tmp_path, capsys):
+    argv = {"train": ["train", *SMALL, "--out", str(tmp_path / "r")],
+            "eval": ["eval", str(run_dir), "--no-progress"],
+            "sample": ["sample", str(run_dir), "--out", str(tmp_path / "s.png")]}[cmd]
+    rc, _, err = run([*argv, "--seed", "-1"], capsys)
+    assert_clean_error(rc, err, "seed")
+
+
+def test_parameter_count_beyond_the_bound_is_a_clean_error(tmp_path, capsys):
+    rc, _, err = run(["train", "--no-progress", "--epochs", "1", "--hidden",
+                      "99999999999999999999", "--out", str(tmp_path / "r")], capsys)
+    last = assert_clean_error(rc, err, "parameter")
+    assert "99999999999999999999" in last and len(err.strip().splitlines()) == 1
