@@ -475,10 +475,11 @@ def _param_shapes(where, cfg):
         raise MinivaeError(f"{where}: its model config has keys {got}, needs "
                            f"{sorted(MODEL_KEYS)}; the file is damaged or from another program")
     D, Z, H = cfg["data_dim"], cfg["latent_dim"], cfg["hidden"]
-    if not (_is_int(D, 1) and _is_int(Z, 1) and isinstance(H, list) and 0 < len(H) <= 64
+    if not (_is_int(D, 1) and _is_int(Z, 1) and isinstance(H, list) and len(H) <= 64
             and all(_is_int(h, 1) for h in H)):
         raise MinivaeError(f"{where}: its model config has data_dim {D!r}, latent_dim {Z!r}, "
-                           f"hidden {H!r}; each must be positive integers")
+                           f"hidden {H!r}; each must be positive integers (hidden: a list of at "
+                           "most 64, empty for the linear model)")
     try:
         resolve_dtype(cfg["dtype"])
         make_likelihood("gaussian", cfg["sigma"], cfg["learn_sigma"])   # checked for any

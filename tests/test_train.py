@@ -460,3 +460,17 @@ def test_restore_refuses_a_checkpoint_that_does_not_fit(tmp_path):
                  str(tmp_path))
     with pytest.raises(MinivaeError, match="beyond the epoch"):
         t4.restore(meta, opt, extra)
+
+
+def test_linear_gaussian_model_without_hidden_layers_round_trips(tmp_path):
+    """hidden=() (the linear-Gaussian VAE) trains, and its checkpoint loads and resumes."""
+    model = VAE(1024, (), 2, likelihood="gaussian")
+    tr = Trainer(model, shapes_data("none"), TrainConfig(epochs=1, batch_size=100),
+                 str(tmp_path), log=lambda m: None)
+    tr.fit()
+    loaded, meta, _, _ = load_run(tmp_path)
+    assert meta["model"]["hidden"] == [] and loaded.hidden == ()
+    assert np.array_equal(loaded.buffer.data, model.buffer.data)
+    again = resumed_trainer(tmp_path, binarize="none", epochs=2)
+    again.fit()
+    assert again.epoch == 2
