@@ -339,6 +339,9 @@ def cmd_sample(args):
     from .plots import save_grid
     if args.n > MAX_SAMPLES:
         raise MinivaeError(f"--n must be at most {MAX_SAMPLES} (one PNG grid), got {args.n}")
+    if args.out and not args.out.lower().endswith(".png"):
+        raise MinivaeError(f"--out must name a .png file (the grid is written as PNG), "
+                           f"got {args.out}")
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise MinivaeError(f"--out {args.out}: the folder "
                            f"{os.path.dirname(os.path.abspath(args.out))} does not exist")

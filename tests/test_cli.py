@@ -288,3 +288,11 @@ def test_parameter_count_beyond_the_bound_is_a_clean_error(tmp_path, capsys):
                       "99999999999999999999", "--out", str(tmp_path / "r")], capsys)
     last = assert_clean_error(rc, err, "parameter")
     assert "99999999999999999999" in last and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["grid", "grid.jpg", "grid.png.txt"])
+def test_sample_out_must_be_a_png(run_dir, tmp_path, capsys, name):
+    out = tmp_path / name
+    rc, _, err = run(["sample", str(run_dir), "--n", "4", "--out", str(out)], capsys)
+    assert_clean_error(rc, err, "--out", ".png")
+    assert os.listdir(tmp_path) == []
