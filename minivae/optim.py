@@ -8,15 +8,26 @@
 """
 import math
 
+import numpy as np
+
 from . import kernels
 from .backend import get_array_module
 from .errors import MinivaeError
 
 
+def _real(v):
+    """v as a float if it is a finite real number (Python or NumPy scalar, not a bool), else None."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
 def _check_lr(lr):
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+    v = _real(lr)
+    if v is None or not v > 0:
         raise MinivaeError(f"learning rate must be a positive number, got {lr!r}")
-    return float(lr)
+    return v
 
 
 def clip_grad_norm(grad, max_norm):
@@ -34,9 +45,10 @@ class SGD:
 
     def __init__(self, buffer, lr=1e-2, momentum=0.9):
         self.lr = _check_lr(lr)
-        if not (0 <= momentum < 1):
-            raise MinivaeError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        mu = _real(momentum)
+        if mu is None or not 0 <= mu < 1:
+            raise MinivaeError(f"momentum must be a real number in [0, 1), got {momentum!r}")
+        self.momentum = mu
         self.p, self.g = buffer.data, buffer.grad
         self.v = get_array_module(self.p).zeros_like(self.p)
         self.t = 0
@@ -61,10 +73,14 @@ class Adam:
 
     def __init__(self, buffer, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
         self.lr = _check_lr(lr)
-        b1, b2 = betas
-        if not (0 <= b1 < 1 and 0 <= b2 < 1):
-            raise MinivaeError(f"Adam betas must be in [0, 1), got {betas!r}")
-        self.beta1, self.beta2, self.eps = float(b1), float(b2), float(eps)
+        b = ([_real(v) for v in betas] if isinstance(betas, (tuple, list)) and len(betas) == 2
+             else [None])
+        if any(v is None or not 0 <= v < 1 for v in b):
+            raise MinivaeError(f"Adam betas must be two real numbers in [0, 1), got {betas!r}")
+        e = _real(eps)
+        if e is None or not e > 0:
+            raise MinivaeError(f"Adam eps must be a positive finite number, got {eps!r}")
+        self.beta1, self.beta2, self.eps = b[0], b[1], e
         self.p, self.g = buffer.data, buffer.grad
         xp = get_array_module(self.p)
         self.m, self.v = xp.zeros_like(self.p), xp.zeros_like(self.p)

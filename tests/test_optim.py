@@ -232,3 +232,41 @@ def test_unknown_optimizer(rng):
     with pytest.raises(MinivaeError) as e:
         make_optimizer("rmsprop", make_buffer(rng), 1e-3)
     assert "optimizer" in str(e.value) and "rmsprop" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numpy_scalars_are_accepted(rng):
+    """A float32 learning rate passes TrainConfig.check, so the optimisers take it too."""
+    a = Adam(make_buffer(rng), lr=np.float32(1e-3), betas=(np.float32(0.9), np.float64(0.999)),
+             eps=np.float32(1e-8))
+    assert type(a.lr) is float and abs(a.lr - 1e-3) < 1e-10 and type(a.eps) is float
+    s = SGD(make_buffer(rng), lr=np.float64(0.1), momentum=np.float32(0.5))
+    assert (s.lr, s.momentum) == (0.1, 0.5)
+    assert make_optimizer("sgd", make_buffer(rng), np.int64(1)).lr == 1.0
+
+
+@pytest.mark.parametrize("lr", [True, None, np.float32("nan")])
+def test_bad_learning_rate_types(lr, rng):
+    with pytest.raises(MinivaeError) as e:
+        Adam(make_buffer(rng), lr=lr)
+    assert "learning rate" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("momentum", ["0.5", None, float("nan"), True, np.float32(1.0)])
+def test_bad_momentum_types(momentum, rng):
+    with pytest.raises(MinivaeError) as e:
+        SGD(make_buffer(rng), lr=0.1, momentum=momentum)
+    assert "momentum" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("betas", ["ab", (0.9,), None, (0.9, "x"), (float("nan"), 0.9)])
+def test_bad_adam_betas_types(betas, rng):
+    with pytest.raises(MinivaeError) as e:
+        Adam(make_buffer(rng), betas=betas)
+    assert "betas" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-8, float("nan"), float("inf"), "1e-8", None])
+def test_bad_adam_eps(eps, rng):
+    with pytest.raises(MinivaeError) as e:
+        Adam(make_buffer(rng), eps=eps)
+    assert "eps" in str(e.value) and "\n" not in str(e.value)
