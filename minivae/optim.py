@@ -4,7 +4,7 @@
     Adam                m <- b1 m + (1-b1) g;   v <- b2 v + (1-b2) g^2
                         p <- p - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - b1^t),
                                                                     v_hat = v / (1 - b2^t)
-    clip_grad_norm      g <- g * min(1, max_norm / ||g||)  over the whole buffer
+    clip_grad_norm      g <- g * min(1, max_norm / ||g||)  over the whole buffer (the trainer's)
 """
 import math
 
@@ -30,13 +30,29 @@ def _check_lr(lr):
     return v
 
 
-def clip_grad_norm(grad, max_norm):
-    """Scale the flat gradient in place so its L2 norm is at most max_norm; returns the norm
-    before clipping (a 0-d device array)."""
+def clip_grad_norm(grad, max_norm, sq_norm=None):
+    """Scale the flat gradient in place by max_norm / ||g|| when ||g|| > max_norm; returns
+    ||g|| before clipping as a float (inf or nan, with grad left alone, when grad is not finite).
+
+    ||g||^2 is summed in grad's dtype; when that overflows while every element is finite
+    (float32 with ||g|| above ~1.8e19) it is summed again in float64, so a huge finite gradient
+    is scaled to length max_norm instead of to zero.  sq_norm: float(dot(grad, grad)) when the
+    caller has it already (the trainer's finiteness check), saving a pass over the buffer.
+    """
+    m = _real(max_norm)
+    if m is None or m < 0:
+        raise MinivaeError(f"max_norm must be a finite number >= 0, got {max_norm!r}")
     xp = get_array_module(grad)
-    norm = xp.sqrt(xp.dot(grad, grad))
-    scale = xp.minimum(grad.dtype.type(1), grad.dtype.type(max_norm) / (norm + grad.dtype.type(1e-12)))
-    grad *= scale
+    if sq_norm is None:
+        sq_norm = float(xp.dot(grad, grad))
+    if not math.isfinite(sq_norm):
+        if not bool(xp.isfinite(grad).all()):
+            return sq_norm
+        g64 = grad.astype(np.float64)
+        sq_norm = float(xp.dot(g64, g64))
+    norm = math.sqrt(sq_norm)
+    if norm > m:
+        grad *= grad.dtype.type(m / norm)
     return norm
 
 

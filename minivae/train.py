@@ -30,7 +30,7 @@ from .errors import MinivaeError
 from .layers import mlp_shapes
 from .likelihoods import make_likelihood
 from .model import VAE
-from .optim import OPTIMIZERS, make_optimizer
+from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 from .params import ParamBuffer
 
 CHECKPOINT = "checkpoint.npz"
@@ -394,10 +394,7 @@ class Trainer:
                 finite_g = math.isfinite(gnorm2) or bool(xp.isfinite(g).all())  # dot can overflow
                 if math.isfinite(loss) and finite_g:
                     if cfg.clip > 0:
-                        if not math.isfinite(gnorm2):
-                            gnorm2 = float(xp.dot(g.astype(np.float64), g.astype(np.float64)))
-                        if gnorm2 > cfg.clip ** 2:
-                            g *= g.dtype.type(cfg.clip / math.sqrt(gnorm2))
+                        clip_grad_norm(g, cfg.clip, sq_norm=gnorm2)
                     self.opt.step()
                     self._sums += (len(idx) * loss, len(idx) * float(terms.rec),
                                    len(idx) * float(terms.kl))

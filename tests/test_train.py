@@ -474,3 +474,14 @@ def test_linear_gaussian_model_without_hidden_layers_round_trips(tmp_path):
     again = resumed_trainer(tmp_path, binarize="none", epochs=2)
     again.fit()
     assert again.epoch == 2
+
+
+def test_the_trainer_clips_with_optim_clip_grad_norm(tmp_path, monkeypatch):
+    """One clipping implementation: the trainer calls optim.clip_grad_norm once per step."""
+    import minivae.train as train_mod
+    from minivae.optim import clip_grad_norm
+    calls = []
+    monkeypatch.setattr(train_mod, "clip_grad_norm",
+                        lambda g, m, **kw: calls.append(m) or clip_grad_norm(g, m, **kw))
+    new_trainer(tmp_path, TrainConfig(epochs=1, batch_size=64, clip=0.5)).fit()
+    assert calls == [0.5] * 5
