@@ -405,8 +405,8 @@ class Trainer:
                 self.global_step += 1
                 if bar is not None:
                     bar.update(1)
-                    if self.step % 20 == 0:
-                        bar.set_postfix(loss=f"{loss:.2f}")
+                    if self.step % 20 == 0 and self._n_done:    # the epoch's running mean
+                        bar.set_postfix(loss=f"{self._sums[0] / self._n_done:.2f}")
                 if self._stop_signal is not None:
                     self._seconds = time.perf_counter() - t0
                     self.save()

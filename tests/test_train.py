@@ -485,3 +485,36 @@ def test_the_trainer_clips_with_optim_clip_grad_norm(tmp_path, monkeypatch):
                         lambda g, m, **kw: calls.append(m) or clip_grad_norm(g, m, **kw))
     new_trainer(tmp_path, TrainConfig(epochs=1, batch_size=64, clip=0.5)).fit()
     assert calls == [0.5] * 5
+
+
+def test_progress_bar_shows_the_running_mean_loss(tmp_path, monkeypatch):
+    """The bar's postfix is the epoch's running mean of the training loss, not the last batch's."""
+    import tqdm as tqdm_mod
+    postfixes = []
+
+    class Bar:
+        def __init__(self, *a, **kw):
+            pass
+
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            postfixes.append(kw["loss"])
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm_mod, "tqdm", Bar)
+    tr = new_trainer(tmp_path, TrainConfig(epochs=1, batch_size=10))
+    tr.progress = True
+    losses, inner = [], tr.model.forward_backward
+
+    def hooked(*a, **kw):
+        terms = inner(*a, **kw)
+        losses.append(float(terms.loss))
+        return terms
+    tr.model.forward_backward = hooked
+    tr.fit()
+    assert len(losses) == 30
+    assert postfixes == [f"{np.mean(losses[:20]):.2f}"]
