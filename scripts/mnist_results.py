@@ -102,7 +102,8 @@ def plot(path, ours, peer, title):
                 curves = np.array([r["test_elbo_per_epoch"] for r in runs])[:, first - 1:]
                 e = np.arange(first, first + curves.shape[1])
                 ax.plot(e, np.median(curves, 0), style, ms=3,
-                        label=f"{label}, median of {len(runs)} seeds")
+                        label=f"{label}, " + (f"median of {len(runs)} seeds" if len(runs) > 1
+                                              else f"seed {runs[0].get('seed', '')}"))
                 if len(runs) > 1:
                     ax.fill_between(e, curves.min(0), curves.max(0), alpha=0.2)
         if "784-400-20" in title and n >= first:
