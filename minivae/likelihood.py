@@ -17,8 +17,12 @@ from .errors import MinivaeError
 from .objectives import log_weights
 
 
+def _positive_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
 def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    if not _positive_int(k):
         raise MinivaeError(f"K (importance samples) must be an integer >= 1, got {k!r}")
     return int(k)
 
@@ -30,8 +34,9 @@ def importance_log_likelihood(model, x, k, rng, rows=10000, progress=False):
     rows: most z samples decoded at once (memory bound: rows * max(D, H) numbers).
     """
     k = _check_k(k)
-    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+    if not _positive_int(rows):
         raise MinivaeError(f"rows must be a positive integer, got {rows!r}")
+    rows = int(rows)
     xp, dt = model.xp, model.dtype
     x = model.check_data(to_device(x, xp))
     n = len(x)
@@ -72,6 +77,9 @@ def active_units(model, x, threshold=0.01, batch=1000):
     posterior mean does not move with the input carries no information about x: the KL term
     has collapsed it onto the prior.
     """
+    if not _positive_int(batch):
+        raise MinivaeError(f"batch must be a positive integer, got {batch!r}")
+    batch = int(batch)
     xp = model.xp
     means = []
     for i in range(0, len(x), batch):

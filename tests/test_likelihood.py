@@ -88,3 +88,24 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     count, variances = active_units(model, x)
     assert count == 1 and variances[1] < 1e-20 and variances[0] > 0.01   # a constant, to round-off
     assert math.isclose(variances[0], np.var(np.asarray(model.encode(x)[0])[:, 0]), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("batch", [0, -1, 2.5, True, None])
+def test_active_units_batch_must_be_a_positive_integer(batch):
+    model, _ = _linear_vae(np.random.default_rng(0), orthogonal=False)
+    with pytest.raises(MinivaeError) as e:
+        active_units(model, np.zeros((4, D)), batch=batch)
+    assert "batch" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_numpy_integer_rows_and_k_are_accepted():
+    model, _ = _linear_vae(np.random.default_rng(0), orthogonal=False)
+    x = np.random.default_rng(1).standard_normal((3, D))
+    a = importance_log_likelihood(model, x, np.int64(4), np.random.default_rng(2), rows=np.int32(5))
+    b = importance_log_likelihood(model, x, 4, np.random.default_rng(2), rows=5)
+    np.testing.assert_array_equal(a, b)
+    count, _ = active_units(model, x, batch=np.int64(2))
+    assert count == active_units(model, x, batch=1000)[0]
+    for bad in (np.int64(0), np.bool_(True), 2.0):
+        with pytest.raises(MinivaeError, match="rows"):
+            importance_log_likelihood(model, x, 3, np.random.default_rng(0), rows=bad)
