@@ -260,8 +260,9 @@ class VAE:
     def sample(self, n, rng):
         """n draws of the mean of p(x|z), z ~ N(0, I): (n, D)."""
         n = _positive_int("n", n)
-        if rng is None:
-            raise MinivaeError("sample needs rng, a seeded Generator (minivae.backend.make_rng)")
+        if not callable(getattr(rng, "standard_normal", None)):
+            raise MinivaeError(f"sample needs rng, a seeded Generator (minivae.backend.make_rng), "
+                               f"got {type(rng).__name__}")
         z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
         return self.decode(z)
 

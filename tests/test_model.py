@@ -483,3 +483,22 @@ def test_bad_decode_and_sample_arguments():
     with pytest.raises(MinivaeError) as e:
         model.sample(3, None)
     assert_one_line_error(e, "rng")
+
+
+@pytest.mark.parametrize("rng", [0, 1.5, "seed", np.random.RandomState(0).random_sample])
+def test_sample_rng_must_be_a_generator(rng):
+    model = VAE(4, (3,), 2)
+    with pytest.raises(MinivaeError) as e:
+        model.sample(3, rng)
+    assert_one_line_error(e, "rng")
+
+
+def test_sample_accepts_any_object_with_standard_normal():
+    model = VAE(4, (3,), 2)
+
+    class Zeros:
+        def standard_normal(self, shape, dtype):
+            return np.zeros(shape, dtype)
+    x = model.sample(2, Zeros())
+    assert x.shape == (2, 4) and np.array_equal(x[0], x[1])
+    assert model.sample(2, np.random.default_rng(0)).dtype == np.float32
