@@ -99,3 +99,28 @@ def test_make_rng_accepts_numpy_integers_and_sequences():
     assert np.array_equal(a, np.random.default_rng([3, 4]).standard_normal(4))
     assert np.array_equal(backend.make_rng(np.uint32(5)).random(3),
                           np.random.default_rng(5).random(3))
+
+
+@pytest.mark.parametrize("value", ["refernce", "numba", "fast"])
+def test_a_mistyped_kernel_mode_is_a_clear_error(value):
+    """MINIVAE_KERNELS=refernce used to mean 'auto' silently."""
+    import os
+    import subprocess
+    import sys
+    code = "import minivae.kernels"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env=dict(os.environ, MINIVAE_KERNELS=value))
+    assert p.returncode != 0
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith("minivae.errors.MinivaeError: MINIVAE_KERNELS") and repr(value) in last
+
+
+@pytest.mark.parametrize("value,mode", [("", "auto"), ("auto", "auto"), (" Reference ", "reference")])
+def test_kernel_mode_from_the_environment(value, mode):
+    import os
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", "from minivae import kernels; print(kernels.MODE)"],
+                       capture_output=True, text=True, check=True,
+                       env=dict(os.environ, MINIVAE_KERNELS=value))
+    assert p.stdout.strip() == mode

@@ -10,7 +10,8 @@ mixed dtypes, shapes a kernel does not handle) goes to the reference, which is a
 Importing this package imports neither Numba's kernels nor CuPy and compiles nothing.
 
 Switching.  ``MINIVAE_KERNELS=reference`` in the environment (read once, at import) selects the
-reference everywhere, for study and debugging; ``auto`` (the default) the fast kernels.  Inside a
+reference everywhere, for study and debugging; ``auto`` (the default) the fast kernels; any
+other value is a MinivaeError at import.  Inside a
 process, ``with kernels.use("reference"): ...`` switches for a block (what the tests use), and
 ``kernels.active(x)`` names the implementation an array ``x`` would get.
 
@@ -28,7 +29,11 @@ from . import reference
 from .reference import ACTIVATIONS, LEAKY_SLOPE, ELU_ALPHA  # noqa: F401  (the activation names)
 
 MODES = ("auto", "reference")
-MODE = os.environ.get("MINIVAE_KERNELS", "auto") or "auto"
+MODE = os.environ.get("MINIVAE_KERNELS", "").strip().lower() or "auto"
+if MODE not in MODES:         # a typo must not silently mean 'auto'
+    from ..errors import MinivaeError
+    raise MinivaeError(f"MINIVAE_KERNELS must be one of {', '.join(MODES)} (or unset), got "
+                       f"{os.environ['MINIVAE_KERNELS']!r}; fix or unset the variable")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _nb = None          # minivae.kernels.numba_cpu, imported on first use
 _cp = None          # minivae.kernels.cupy_gpu, imported on the first CuPy array
