@@ -353,23 +353,28 @@ def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
     S, B, D = logits.shape
     one = f32(1.0)
     t = np.empty(D, logits.dtype)
+    e = np.empty(D, logits.dtype)
+    dsum = np.zeros(D, logits.dtype)
     acc16 = np.empty(16, logits.dtype)
-    acc = db.shape[0] == D
-    if acc:
-        _db_init(db, D)
     for s_ in range(S):
         for b in range(B):
+            # two passes over the row (in L1): exp(-|l|) alone vectorises, the fused body then
+            # does too; one pass measured 1.8x slower
+            for d in range(D):
+                e[d] = _exp_neg(abs(logits[s_, b, d]))
             for d in range(D):
                 l = logits[s_, b, d]
                 xv = x[b, d]
-                e = _exp_neg(abs(l))
-                t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(e)) - xv * l
-                q = one / (one + e)
-                g = scale * ((q if l >= 0 else e * q) - xv)
+                ed = e[d]
+                t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(ed)) - xv * l
+                q = one / (one + ed)
+                g = scale * ((q if l >= 0 else ed * q) - xv)
                 grad[s_, b, d] = g
-                if acc:
-                    db[d] += g
+                dsum[d] += g
             nll[s_, b] = _lane_sum(t, D, acc16)
+    if db.shape[0] == D:
+        for d in range(D):
+            db[d] = dsum[d]
 
 
 @njit(**_jit)
@@ -377,12 +382,15 @@ def bernoulli_nll(logits, x, nll):
     """nll[s, b] = sum_d softplus(l) - x l      logits: (S, B, D); x: (B, D); nll: (S, B)."""
     S, B, D = logits.shape
     t = np.empty(D, logits.dtype)
+    e = np.empty(D, logits.dtype)
     acc16 = np.empty(16, logits.dtype)
     for s_ in range(S):
         for b in range(B):
+            for d in range(D):                     # two passes: see bernoulli_nll_grad
+                e[d] = _exp_neg(abs(logits[s_, b, d]))
             for d in range(D):
                 l = logits[s_, b, d]
-                t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(_exp_neg(abs(l)))) - x[b, d] * l
+                t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(e[d])) - x[b, d] * l
             nll[s_, b] = _lane_sum(t, D, acc16)
 
 
