@@ -102,17 +102,24 @@ def test_make_rng_accepts_numpy_integers_and_sequences():
 
 
 @pytest.mark.parametrize("value", ["refernce", "numba", "fast"])
-def test_a_mistyped_kernel_mode_is_a_clear_error(value):
-    """MINIVAE_KERNELS=refernce used to mean 'auto' silently."""
+def test_a_mistyped_kernel_mode_is_a_clear_error(value, tmp_path):
+    """MINIVAE_KERNELS=refernce used to mean 'auto' silently.  Now the first kernel call raises,
+    and the command line reports it as its one-line error with exit status 2."""
     import os
     import subprocess
     import sys
-    code = "import minivae.kernels"
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       env=dict(os.environ, MINIVAE_KERNELS=value))
+    env = dict(os.environ, MINIVAE_KERNELS=value)
+    code = ("import numpy as np; from minivae import kernels\n"
+            "kernels.act_forward('relu', np.zeros((2, 2), np.float32))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert p.returncode != 0
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("minivae.errors.MinivaeError: MINIVAE_KERNELS") and repr(value) in last
+    p = subprocess.run([sys.executable, "-m", "minivae", "train", "--epochs", "1", "--hidden", "4",
+                        "--latent-dim", "2", "--out", str(tmp_path / "run"), "--no-progress"],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("minivae: error: MINIVAE_KERNELS")
 
 
 @pytest.mark.parametrize("value,mode", [("", "auto"), ("auto", "auto"), (" Reference ", "reference")])

@@ -30,10 +30,14 @@ from .reference import ACTIVATIONS, LEAKY_SLOPE, ELU_ALPHA  # noqa: F401  (the a
 
 MODES = ("auto", "reference")
 MODE = os.environ.get("MINIVAE_KERNELS", "").strip().lower() or "auto"
-if MODE not in MODES:         # a typo must not silently mean 'auto'
+
+
+def _bad_mode():
+    """A typo in MINIVAE_KERNELS must not silently mean 'auto'.  Raised at the first kernel
+    call, not at import, so the command line can report it as its usual one-line error."""
     from ..errors import MinivaeError
     raise MinivaeError(f"MINIVAE_KERNELS must be one of {', '.join(MODES)} (or unset), got "
-                       f"{os.environ['MINIVAE_KERNELS']!r}; fix or unset the variable")
+                       f"{MODE!r}; fix or unset the variable")
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _nb = None          # minivae.kernels.numba_cpu, imported on first use
 _cp = None          # minivae.kernels.cupy_gpu, imported on the first CuPy array
@@ -59,6 +63,8 @@ def active(x):
     """'reference', 'numba' or 'cupy': the implementation an array like x is dispatched to."""
     if MODE == "reference":
         return "reference"
+    if MODE != "auto":
+        _bad_mode()
     if type(x).__module__.split(".")[0] == "cupy":
         return "cupy"
     return "numba" if isinstance(x, np.ndarray) and x.dtype in _FLOATS else "reference"
@@ -69,6 +75,8 @@ def _numba(*arrays):
     global _nb
     if MODE == "reference":
         return None
+    if MODE != "auto":
+        _bad_mode()
     dt = arrays[0].dtype if isinstance(arrays[0], np.ndarray) else None
     if dt not in _FLOATS:
         return None
