@@ -271,22 +271,14 @@ class Exponential(Family):
         return np.array([-4.0 / self.rate ** 3])
 
 
-class Laplace(Family):
-    """Laplace(loc, scale): q(z) = exp(-|z - loc| / scale) / (2 scale), theta = (loc, scale).
-
-    z = loc + scale eps, eps ~ Laplace(0, 1):   dz/dloc = 1,  dz/dscale = eps
-    log q = -log(2 scale) - |z - loc| / scale
-    score:  d/dloc = sign(z - loc) / scale,  d/dscale = (|z - loc| / scale - 1) / scale
-    (the kink at z = loc has probability 0).   E[z^2] = loc^2 + 2 scale^2,  gradient (2 loc, 4 scale)
-    """
+class LocationScale(Family):
+    """z = loc + scale * eps with eps from a fixed standard member: theta = (loc, scale),
+    dz/dloc = 1, dz/dscale = eps.  Subclasses give the noise and the density."""
     names = ("loc", "scale")
 
     def __init__(self, loc, scale):
-        self.loc = _real("Laplace", "loc", loc)
-        self.scale = _real("Laplace", "scale", scale, positive=True)
-
-    def noise(self, n, rng):
-        return rng.laplace(0.0, 1.0, _count("n", n))
+        self.loc = _real(type(self).__name__, "loc", loc)
+        self.scale = _real(type(self).__name__, "scale", scale, positive=True)
 
     def transform(self, eps):
         return self.loc + self.scale * np.asarray(eps, dtype=np.float64)
@@ -294,6 +286,19 @@ class Laplace(Family):
     def dz_dtheta(self, eps):
         eps = np.asarray(eps, dtype=np.float64)
         return np.stack([np.ones_like(eps), eps], axis=1)
+
+
+class Laplace(LocationScale):
+    """Laplace(loc, scale): q(z) = exp(-|z - loc| / scale) / (2 scale), theta = (loc, scale).
+
+    z = loc + scale eps, eps ~ Laplace(0, 1):   dz/dloc = 1,  dz/dscale = eps
+    log q = -log(2 scale) - |z - loc| / scale
+    score:  d/dloc = sign(z - loc) / scale,  d/dscale = (|z - loc| / scale - 1) / scale
+    (the kink at z = loc has probability 0).   E[z^2] = loc^2 + 2 scale^2,  gradient (2 loc, 4 scale)
+    """
+
+    def noise(self, n, rng):
+        return rng.laplace(0.0, 1.0, _count("n", n))
 
     def log_prob(self, z):
         t = np.abs(np.asarray(z, dtype=np.float64) - self.loc) / self.scale
@@ -311,7 +316,7 @@ class Laplace(Family):
         return np.array([2 * self.loc, 4 * self.scale])
 
 
-class Logistic(Family):
+class Logistic(LocationScale):
     """Logistic(loc, scale), theta = (loc, scale); with t = (z - loc) / scale:
 
     log q = -t - log scale - 2 softplus(-t);   d log q / dt = 1 - 2 sigmoid(t) = -tanh(t / 2)
@@ -319,21 +324,9 @@ class Logistic(Family):
     z = loc + scale eps, eps = log(u / (1 - u)):   dz/dloc = 1,  dz/dscale = eps
     E[z^2] = loc^2 + pi^2 scale^2 / 3,  gradient (2 loc, 2 pi^2 scale / 3)
     """
-    names = ("loc", "scale")
-
-    def __init__(self, loc, scale):
-        self.loc = _real("Logistic", "loc", loc)
-        self.scale = _real("Logistic", "scale", scale, positive=True)
 
     def noise(self, n, rng):
         return rng.logistic(0.0, 1.0, _count("n", n))
-
-    def transform(self, eps):
-        return self.loc + self.scale * np.asarray(eps, dtype=np.float64)
-
-    def dz_dtheta(self, eps):
-        eps = np.asarray(eps, dtype=np.float64)
-        return np.stack([np.ones_like(eps), eps], axis=1)
 
     def log_prob(self, z):
         t = (np.asarray(z, dtype=np.float64) - self.loc) / self.scale
