@@ -113,9 +113,8 @@ def iwae_loss(model, x, eps):
     S, B, Z = eps.shape
     ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
     lik = model.likelihood
-    nll = lik.nll(out, x, nll=ws.nll)
-    half = z.dtype.type(0.5)
-    logw = -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)        # (S, B)
+    logw = _log_w(model, out, x, z, eps, logvar, ws)                        # (S, B)
+    nll = ws.nll                                                            # written by _log_w
 
     m = xp.max(logw, axis=0, keepdims=True)
     e = xp.exp(logw - m)
