@@ -283,6 +283,8 @@ class VAE:
 
     def __repr__(self):
         c = self.config
-        return (f"VAE({c['data_dim']}-{'-'.join(map(str, c['hidden']))}-{c['latent_dim']}, "
-                f"{c['activation']}, {c['likelihood']}, beta={c['beta']}, {c['dtype']}, "
+        sizes = "-".join(map(str, [c["data_dim"], *c["hidden"], c["latent_dim"]]))
+        objective = (f"iwae K={c['samples']}" if c["objective"] == "iwae" else
+                     f"beta={c['beta']}" + (f", S={c['samples']}" if c["samples"] > 1 else ""))
+        return (f"VAE({sizes}, {c['activation']}, {c['likelihood']}, {objective}, {c['dtype']}, "
                 f"{c['device']}, {self.num_params()} parameters)")

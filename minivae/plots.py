@@ -55,7 +55,8 @@ def save_loss_curves(path, rows, title="training"):
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
     for ax, key, label in zip(axes, ("loss", "rec", "kl"),
-                              ("loss (-ELBO), nats", "reconstruction -E log p(x|z), nats",
+                              ("loss, nats (train: the objective, -ELBO\nor -IWAE_K; held-out: beta-weighted -ELBO)",
+                               "reconstruction -E log p(x|z), nats",
                                "KL(q(z|x) || p(z)), nats")):
         for split, style in (("train", "-o"), ("valid", "-s"), ("test", "-^")):
             pts = [(r["epoch"], r[f"{split}_{key}"]) for r in rows if f"{split}_{key}" in r]
