@@ -45,15 +45,29 @@ class StepBuffers:
     """z (S, B, Z), std (B, Z), kl (B,), nll (S, B), dout (S, B, D): the gradient of the decoder's
     output (its own buffer: written over the logits in place, the aliasing would keep the fused
     kernel from vectorising, 4x slower), and dhead (B, 2Z): the encoder head's gradient, whose
-    column halves receive dmu and dlogvar directly (no concatenation)."""
+    column halves receive dmu and dlogvar directly (no concatenation).  The two gradient buffers
+    are made on first use, so a forward-only evaluation (the importance-sampled log p(x) decodes
+    up to 10,000 samples at once) never holds them."""
 
     def __init__(self, xp, dtype, S, B, Z, D):
-        self.dout = xp.empty((S, B, D), dtype)
+        self.xp, self.dtype, self.S, self.B, self.Z, self.D = xp, dtype, S, B, Z, D
         self.z = xp.empty((S, B, Z), dtype)
         self.std = xp.empty((B, Z), dtype)
         self.kl = xp.empty(B, dtype)
         self.nll = xp.empty((S, B), dtype)
-        self.dhead = xp.empty((B, 2 * Z), dtype)
+        self._dout = self._dhead = None
+
+    @property
+    def dout(self):
+        if self._dout is None:
+            self._dout = self.xp.empty((self.S, self.B, self.D), self.dtype)
+        return self._dout
+
+    @property
+    def dhead(self):
+        if self._dhead is None:
+            self._dhead = self.xp.empty((self.B, 2 * self.Z), self.dtype)
+        return self._dhead
 
 
 class VAE:
