@@ -78,6 +78,9 @@ def test_bias_add(dt, B, H, seed):
     rng = np.random.default_rng(seed)
     h, b = randn(rng, (B, H), dt), randn(rng, H, dt)
     np.testing.assert_array_equal(kernels.bias_add(h, b), h + b)      # one rounding: exact
+    inplace = h.copy()                              # out is h: the in-place kernel
+    assert kernels.bias_add(inplace, b, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, h + b)
 
 
 @pytest.mark.parametrize("dt", DTYPES)

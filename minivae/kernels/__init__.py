@@ -164,6 +164,9 @@ def bias_add(h, b, out=None):
     nb = _numba(h, b) if h.ndim == 2 and b.shape == h.shape[1:] else None
     if nb is None:
         return _put(out, h + b)
+    if out is h:
+        nb.bias_add_inplace(h, b)
+        return h
     if out is None:
         out = np.empty_like(h)
     nb.bias_add(h, b, out)
