@@ -209,13 +209,8 @@ def act_backward(name, dy, y, out=None, db=None):
         return dx
     d2, y2, o2 = views
     dbv = _empty(dy.dtype) if db is None else db
-    dt = dy.dtype.type
-    if name == "leaky_relu":
-        nb.back_leaky_relu(d2, y2, o2, dbv, dt(LEAKY_SLOPE))
-    elif name == "elu":
-        nb.back_elu(d2, y2, o2, dbv, dt(ELU_ALPHA))
-    else:
-        getattr(nb, "back_" + name)(d2, y2, o2, dbv)
+    param = {"leaky_relu": LEAKY_SLOPE, "elu": ELU_ALPHA}.get(name, 0.0)
+    getattr(nb, "back_" + name)(d2, y2, o2, dbv, dy.dtype.type(param))
     return res
 
 

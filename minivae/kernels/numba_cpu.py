@@ -226,91 +226,61 @@ def _db_init(db, n):
         db[j] = 0
 
 
-@njit(**_jit)
-def back_relu(dy, y, out, db):
-    H = dy.shape[1]
-    acc = db.shape[0] == H
-    if acc:
-        _db_init(db, H)
-    for i in range(dy.shape[0]):
-        for j in range(H):
-            g = dy[i, j] if y[i, j] > 0 else f32(0.0)
-            out[i, j] = g
-            if acc:
-                db[j] += g
+def _backward_kernel(derivative):
+    """The activation backward for one f: out = dy * f'(x), with f' written through the cached
+    output y as derivative(y, p) (p: the activation's parameter, or unused), and the previous
+    layer's bias gradient db (length 0 to skip it) summed in the same pass."""
+    @njit(**_jit)
+    def kernel(dy, y, out, db, p):
+        H = dy.shape[1]
+        acc = db.shape[0] == H
+        if acc:
+            _db_init(db, H)
+        for i in range(dy.shape[0]):
+            for j in range(H):
+                g = dy[i, j] * derivative(y[i, j], p)
+                out[i, j] = g
+                if acc:
+                    db[j] += g
+    return kernel
 
 
 @njit(**_jit)
-def back_leaky_relu(dy, y, out, db, slope):
-    H = dy.shape[1]
-    acc = db.shape[0] == H
-    if acc:
-        _db_init(db, H)
-    for i in range(dy.shape[0]):
-        for j in range(H):
-            g = dy[i, j] * (f32(1.0) if y[i, j] > 0 else slope)
-            out[i, j] = g
-            if acc:
-                db[j] += g
+def _d_relu(v, p):
+    return f32(1.0) if v > 0 else f32(0.0)
 
 
 @njit(**_jit)
-def back_tanh(dy, y, out, db):
-    H = dy.shape[1]
-    acc = db.shape[0] == H
-    if acc:
-        _db_init(db, H)
-    for i in range(dy.shape[0]):
-        for j in range(H):
-            v = y[i, j]
-            g = dy[i, j] * (f32(1.0) - v * v)
-            out[i, j] = g
-            if acc:
-                db[j] += g
+def _d_leaky_relu(v, slope):
+    return f32(1.0) if v > 0 else slope
 
 
 @njit(**_jit)
-def back_sigmoid(dy, y, out, db):
-    H = dy.shape[1]
-    acc = db.shape[0] == H
-    if acc:
-        _db_init(db, H)
-    for i in range(dy.shape[0]):
-        for j in range(H):
-            v = y[i, j]
-            g = dy[i, j] * (v * (f32(1.0) - v))
-            out[i, j] = g
-            if acc:
-                db[j] += g
+def _d_tanh(v, p):
+    return f32(1.0) - v * v
 
 
 @njit(**_jit)
-def back_softplus(dy, y, out, db):
-    H = dy.shape[1]
-    acc = db.shape[0] == H
-    if acc:
-        _db_init(db, H)
-    for i in range(dy.shape[0]):
-        for j in range(H):
-            g = dy[i, j] * -math.expm1(-y[i, j])
-            out[i, j] = g
-            if acc:
-                db[j] += g
+def _d_sigmoid(v, p):
+    return v * (f32(1.0) - v)
 
 
 @njit(**_jit)
-def back_elu(dy, y, out, db, alpha):
-    H = dy.shape[1]
-    acc = db.shape[0] == H
-    if acc:
-        _db_init(db, H)
-    for i in range(dy.shape[0]):
-        for j in range(H):
-            v = y[i, j]
-            g = dy[i, j] * (f32(1.0) if v > 0 else v + alpha)
-            out[i, j] = g
-            if acc:
-                db[j] += g
+def _d_softplus(v, p):
+    return -math.expm1(-v)
+
+
+@njit(**_jit)
+def _d_elu(v, alpha):
+    return f32(1.0) if v > 0 else v + alpha
+
+
+back_relu = _backward_kernel(_d_relu)
+back_leaky_relu = _backward_kernel(_d_leaky_relu)
+back_tanh = _backward_kernel(_d_tanh)
+back_sigmoid = _backward_kernel(_d_sigmoid)
+back_softplus = _backward_kernel(_d_softplus)
+back_elu = _backward_kernel(_d_elu)
 
 
 # ----------------------------------------------------------------------------- q(z|x)
