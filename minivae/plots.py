@@ -1,11 +1,18 @@
 """Figures of a run: loss curves, inputs beside reconstructions, samples from the prior.
 
+Images are drawn as they are: a grey value of 1 is white and 0 black (the convention of MNIST,
+Fashion-MNIST, photographs and every image file); an image_shape of (H, W, 3) is RGB, drawn in
+colour.  Loss panels are in nats per example, on a log axis while every value is positive and on a
+symmetric-log axis otherwise (a continuous decoder's density can exceed 1, so its -ELBO can be
+negative).
+
 matplotlib is imported inside each function (with the Agg backend), so importing minivae never
 pays for it and no display is needed.
 """
 import numpy as np
 
 from .backend import to_host
+from .errors import MinivaeError
 
 
 def _plt():
@@ -16,11 +23,21 @@ def _plt():
 
 
 def image_grid(images, image_shape, ncols):
-    """(N, H*W) in [0, 1] -> one (rows*H + gaps, ncols*W + gaps) array for imshow."""
+    """(N, D) in [0, 1] -> one (rows*(H+1) + 1, ncols*(W+1) + 1[, C]) array for imshow.
+
+    image_shape: (H, W) grey or (H, W, C) with C = 1 (grey) or 3 (RGB), row-major in each row of
+    images.  The gaps between images are mid grey, so that white and black images both show
+    their edges."""
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) == 3 and image_shape[2] == 1:
+        image_shape = image_shape[:2]
+    if len(image_shape) not in (2, 3) or (len(image_shape) == 3 and image_shape[2] != 3):
+        raise MinivaeError(f"image_shape must be (H, W), (H, W, 1) or (H, W, 3) to be drawn, "
+                           f"got {image_shape}")
     images = np.clip(to_host(images), 0, 1).reshape(-1, *image_shape)
-    n, (h, w) = len(images), image_shape
+    n, (h, w), rest = len(images), image_shape[:2], image_shape[2:]
     nrows = -(-n // ncols)
-    grid = np.ones((nrows * (h + 1) + 1, ncols * (w + 1) + 1), dtype=np.float32)
+    grid = np.full((nrows * (h + 1) + 1, ncols * (w + 1) + 1, *rest), 0.5, dtype=np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, ncols)
         grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = img
@@ -31,7 +48,10 @@ def save_grid(path, images, image_shape, ncols=8, title=None):
     plt = _plt()
     grid = image_grid(images, image_shape, ncols)
     fig, ax = plt.subplots(figsize=(ncols * 0.9, grid.shape[0] / grid.shape[1] * ncols * 0.9 + 0.4))
-    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    if grid.ndim == 3:                          # RGB: drawn as it is
+        ax.imshow(grid, interpolation="nearest")
+    else:                                       # grey: 0 black, 1 white
+        ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=9)
@@ -50,26 +70,57 @@ def save_reconstructions(path, x, recon, image_shape, n=8):
               title="inputs (odd rows) and their reconstructions (even rows)")
 
 
+def loss_scale(values):
+    """The y-axis of a loss panel: 'log' when every value is positive (epoch 0 sits an order of
+    magnitude above the rest), else 'symlog' with linthresh the smallest nonzero |value| that is
+    at least 1% of the largest (values of either sign stay readable), as (scale, kwargs)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "linear", {}
+    if (v > 0).all():
+        return "log", {}
+    a = np.abs(v)
+    big = a.max()
+    if big == 0:
+        return "linear", {}
+    small = a[a >= 0.01 * big]
+    return "symlog", {"linthresh": float(small.min())}
+
+
 def save_loss_curves(path, rows, title="training"):
-    """Train and held-out loss, reconstruction and KL against the epoch."""
+    """Train and held-out loss, reconstruction and KL against the epoch, in nats per example.
+    Returns {panel key: (y scale, y limits)} (what a test checks)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    drawn = {}
     for ax, key, label in zip(axes, ("loss", "rec", "kl"),
-                              ("loss, nats (train: the objective, -ELBO\nor -IWAE_K; held-out: beta-weighted -ELBO)",
-                               "reconstruction -E log p(x|z), nats",
-                               "KL(q(z|x) || p(z)), nats")):
+                              ("loss, nats per example (train: the objective,\n-ELBO or "
+                               "-IWAE_K; held-out: beta-weighted -ELBO)",
+                               "reconstruction -E log p(x|z),\nnats per example",
+                               "KL(q(z|x) || p(z)), nats per example")):
+        values = []
         for split, style in (("train", "-o"), ("valid", "-s"), ("test", "-^")):
             pts = [(r["epoch"], r[f"{split}_{key}"]) for r in rows if f"{split}_{key}" in r]
             if pts:
                 e, v = zip(*pts)
+                values += v
                 ax.plot(e, v, style, ms=3, label=split)
         ax.set_xlabel("epoch (0: before training)")
-        if key != "kl":
-            ax.set_yscale("log")    # epoch 0 sits an order of magnitude above the rest
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if key != "kl" and values:
+            scale, kw = loss_scale(values)
+            ax.set_yscale(scale, **kw)
+            if scale == "symlog":
+                ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if values:
+            ax.legend(fontsize=8)
+        drawn[key] = (ax.get_yscale(), ax.get_ylim())
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return drawn
