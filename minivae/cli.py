@@ -190,7 +190,10 @@ def cmd_train(args):
     from .train import TrainConfig, Trainer, load_run, read_metrics
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if args.resume:
+    if args.resume is not None and not args.resume.strip():
+        raise MinivaeError(f"--resume needs a run directory, got {args.resume!r} (an unset shell "
+                           "variable?); pass the folder of the run to continue")
+    if args.resume is not None:
         fixed = _options_given(args, exclude=RESUME_OPTIONS)
         if fixed:
             raise MinivaeError(f"--resume continues a run with its saved configuration; drop "
