@@ -9,7 +9,9 @@ Contents (each an ``.npy`` member of an uncompressed zip, as ``np.savez`` writes
 
 Writing: a temporary file in the same folder, flushed and fsync'd, then ``os.replace`` onto the
 target and the folder fsync'd.  A crash at any moment leaves either the old checkpoint or the new
-one, never a torn file; a failed write removes its temporary file.
+one, never a torn file; a failed write removes its temporary file (one left by a SIGKILL is
+removed by the next run in that folder: see rundir.py).  The file gets the permissions the
+user's umask gives a new file (0644 under umask 022), or keeps those of the file it replaces.
 
 Reading trusts nothing in the file.  ``np.load`` is not used: it allocates whatever an ``.npy``
 header claims before reading a byte of data, and it returns a bare array for a file that is an
@@ -70,6 +72,7 @@ def atomic_write(path, write):
         raise MinivaeError(f"cannot write {path}: {e.strerror or e}; check the folder exists and "
                            "is writable (earlier files were left as they were)") from None
     try:
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -93,6 +96,30 @@ def atomic_write(path, write):
             os.close(dfd)
     except OSError:
         pass
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux says it (/proc), else set and
+    restored at once."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path):
+    """The permission bits for a file written to path: those of the file it replaces, else what
+    open() would give a new file (0o666 less the umask; mkstemp's own 0o600 is not kept)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
 
 
 def save(path, params, meta, opt_arrays=None, extra_arrays=None):
