@@ -96,6 +96,12 @@ def build_parser():
     t.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     t.add_argument("--k", "--samples", dest="samples", type=_positive(int), default=1,
                    help="Monte Carlo samples per example (the K of --objective iwae)")
+    t.add_argument("--estimator", choices=("reparam", "score"), default="reparam",
+                   help="the encoder's gradient: reparameterised, or the score function "
+                   "(REINFORCE; high variance: use --k 8 --baseline mean)")
+    t.add_argument("--baseline", choices=("none", "mean"), default="none",
+                   help="--estimator score's control variate: none, or the leave-one-out mean "
+                   "of the other --k samples of each example (--k >= 2)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--seed", type=_nonneg(int), default=0)
     t.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -220,7 +226,8 @@ def cmd_train(args):
         data = _load_data(args.dataset, args.data_dir, args.binarize, args.valid_size, args.seed)
         model = VAE(data.dim, args.hidden, args.latent_dim, args.activation, args.likelihood,
                     args.beta, args.dtype, args.seed, args.device, args.sigma, args.learn_sigma,
-                    args.objective, args.samples)
+                    args.objective, args.samples, estimator=args.estimator,
+                    baseline=args.baseline)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
                            on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule)

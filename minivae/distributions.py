@@ -11,6 +11,10 @@ Diagonal Gaussian q(z|x) = N(mu, diag(exp(logvar)))
                      dz/dmu = 1,  dz/dlogvar = eps * std / 2
     KL to N(0, I)    KL = 1/2 sum_j (mu_j^2 + exp(logvar_j) - 1 - logvar_j)
                      dKL/dmu = mu,  dKL/dlogvar = (exp(logvar) - 1) / 2
+    score            log q(z) = -1/2 sum_j (logvar_j + (z_j - mu_j)^2 exp(-logvar_j) + log 2 pi)
+                     at z fixed, with (z - mu) / std = eps:
+                     d log q/dmu = (z - mu) / std^2 = eps / std
+                     d log q/dlogvar = -1/2 + (z - mu)^2 / (2 std^2) = (eps^2 - 1) / 2
 
 Bernoulli p(x|z) from logits l:   -log p(x|z) = sum_d softplus(l_d) - x_d l_d
                                   d/dl = sigmoid(l) - x
@@ -51,6 +55,15 @@ def kl_standard_normal_backward(mu, logvar):
     """(dKL/dmu, dKL/dlogvar) = (mu, (exp(logvar) - 1) / 2), per element."""
     xp = get_array_module(mu)
     return mu, xp.expm1(logvar) * logvar.dtype.type(0.5)
+
+
+def gaussian_score(eps, std):
+    """d log q(z) / d(mu, logvar) at a fixed sample z = mu + std * eps:  (eps / std, (eps^2 - 1) / 2).
+
+    eps (..., Z), std broadcasting against it.  The gradient of ``gaussian_log_prob`` in its
+    parameters (the score-function estimator's score), written in eps so no subtraction z - mu
+    loses digits."""
+    return eps / std, (eps * eps - 1) * eps.dtype.type(0.5)
 
 
 def gaussian_log_prob(z, mu, logvar):

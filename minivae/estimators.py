@@ -428,6 +428,17 @@ def _check_family(family):
                            f"got {type(family).__name__}")
 
 
+def leave_one_out_mean(f, axis=0):
+    """c_i = (sum_j f_j - f_i) / (n - 1) along ``axis`` (n >= 2): the mean of the *other* samples,
+    independent of sample i, so E[c_i score(z_i)] = 0 (the baseline of ``score_function`` and of
+    the VAE score-function estimators, ``minivae.objectives.score_elbo_loss``).  f: any array
+    (NumPy or CuPy), float dtype kept."""
+    n = f.shape[axis]
+    if n < 2:
+        raise MinivaeError(f"the leave-one-out mean needs at least 2 samples, got {n}")
+    return (f.sum(axis=axis, keepdims=True) - f) / f.dtype.type(n - 1)
+
+
 def score_function(f, family, n, rng, baseline=None):
     """Score-function (REINFORCE) estimate of d/dtheta E_{q_theta}[f(z)]   (C10).
 
@@ -468,7 +479,7 @@ def score_function(f, family, n, rng, baseline=None):
         if n < 2:
             raise MinivaeError("baseline='mean' needs n >= 2 (the leave-one-out mean of f needs "
                                f"another sample), got n={n}")
-        c = (fz.sum() - fz) / (n - 1)
+        c = leave_one_out_mean(fz)
     else:
         c = _real("score_function", "baseline", baseline)
     return GradientEstimate(*_summands((fz - c)[:, None] * family.score(z)), family.names)

@@ -25,6 +25,9 @@ ELBO.__doc__ = """Per-example terms (B,): elbo = rec - kl, rec = E_q[log p(x|z)]
 estimate), kl = KL(q(z|x) || N(0, I)) (closed form)."""
 
 
+ESTIMATORS = ("reparam", "score")
+
+
 def _finite_number(name, value, low, strict=False):
     """A real number (Python or NumPy scalar) >= low (> low when strict), as a float."""
     ok = (not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
@@ -81,13 +84,18 @@ class VAE:
     sigma, learn_sigma   Gaussian only: sigma's value, and 'fixed', 'shared' or 'per-dim'
     beta          weight of the KL term (1: the ELBO; > 1: a beta-VAE)
     objective     'elbo' or 'iwae';  samples: S Monte Carlo samples (the K of IWAE)
+    estimator     the encoder's gradient: 'reparam' (through z = mu + std eps) or 'score' (the
+                  score function, objectives.score_elbo_loss; objective 'elbo' only)
+    baseline      the score function's control variate: 'none' or 'mean' (leave-one-out over the
+                  S samples of each example; samples >= 2)
     dtype         float32 (training) or float64 (checks);  device: 'cpu' or 'cuda'
     seed          seeds the initialisation (PyTorch's nn.Linear rule, drawn in layer order)
     """
 
     def __init__(self, data_dim, hidden=(400,), latent_dim=20, activation="relu",
                  likelihood="bernoulli", beta=1.0, dtype="float32", seed=0, device=None,
-                 sigma=1.0, learn_sigma="fixed", objective="elbo", samples=1):
+                 sigma=1.0, learn_sigma="fixed", objective="elbo", samples=1,
+                 estimator="reparam", baseline="none"):
         data_dim = _positive_int("data_dim", data_dim)
         latent_dim = _positive_int("latent_dim", latent_dim)
         if isinstance(hidden, (int, np.integer)):
@@ -106,17 +114,34 @@ class VAE:
         if objective == "iwae" and beta != 1.0:
             raise MinivaeError(f"beta must be 1 with objective 'iwae' (the IWAE bound has no KL "
                                f"term to weight), got {beta!r}; use objective 'elbo' for a beta-VAE")
+        samples = _positive_int("samples", samples)
+        if estimator not in ESTIMATORS:
+            raise MinivaeError(f"estimator must be one of {', '.join(ESTIMATORS)}, "
+                               f"got {estimator!r}")
+        if baseline not in objectives.BASELINES:
+            raise MinivaeError(f"baseline must be one of {', '.join(objectives.BASELINES)}, "
+                               f"got {baseline!r}")
+        if estimator == "score" and objective != "elbo":
+            raise MinivaeError(f"estimator 'score' is implemented for objective 'elbo' only, got "
+                               f"{objective!r}; use estimator 'reparam' for the IWAE bound")
+        if baseline != "none" and estimator != "score":
+            raise MinivaeError(f"baseline {baseline!r} applies to estimator 'score' only (the "
+                               "reparameterised gradient has no learning signal to centre)")
+        if baseline == "mean" and samples < 2:
+            raise MinivaeError("baseline 'mean' (leave-one-out) needs samples >= 2 per example, "
+                               f"got {samples}; raise samples (--k) or use baseline 'none'")
         self.config = dict(data_dim=data_dim, hidden=list(hidden), latent_dim=latent_dim,
                            activation=activation, likelihood=likelihood, beta=float(beta),
                            dtype=resolve_dtype(dtype).__name__, seed=int(seed),
                            device=resolve_device(device), sigma=float(sigma),
                            learn_sigma=learn_sigma, objective=objective,
-                           samples=_positive_int("samples", samples))
+                           samples=samples, estimator=estimator, baseline=baseline)
         self.dtype = resolve_dtype(dtype)
         self.xp = array_module(self.config["device"])
         self.likelihood = make_likelihood(likelihood, sigma, learn_sigma)
         self.data_dim, self.latent_dim, self.hidden = data_dim, latent_dim, hidden
         self.beta, self.objective, self.samples = float(beta), objective, self.config["samples"]
+        self.estimator, self.baseline = estimator, baseline
 
         enc_sizes = (data_dim, *hidden, 2 * latent_dim)
         dec_sizes = (latent_dim, *hidden[::-1], data_dim)
@@ -233,6 +258,8 @@ class VAE:
         """
         if self.objective == "iwae":
             return objectives.iwae_loss(self, x, eps)
+        if self.estimator == "score":
+            return objectives.score_elbo_loss(self, x, eps, self.beta, self.baseline)
         return objectives.elbo_loss(self, x, eps, self.beta)
 
     def loss_and_grads(self, x, eps=None, rng=None):
@@ -300,5 +327,8 @@ class VAE:
         sizes = "-".join(map(str, [c["data_dim"], *c["hidden"], c["latent_dim"]]))
         objective = (f"iwae K={c['samples']}" if c["objective"] == "iwae" else
                      f"beta={c['beta']}" + (f", S={c['samples']}" if c["samples"] > 1 else ""))
+        if c["estimator"] == "score":
+            objective += ", score-function gradient" + (
+                ", leave-one-out baseline" if c["baseline"] == "mean" else "")
         return (f"VAE({sizes}, {c['activation']}, {c['likelihood']}, {objective}, {c['dtype']}, "
                 f"{c['device']}, {self.num_params()} parameters)")

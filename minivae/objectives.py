@@ -13,7 +13,11 @@ IWAE bound with K = S samples (Burda et al. 2016):
     gradient: d loss / d log w_sb = -wt_sb / B with wt_b = softmax_s(log w_b) the normalised
     weights, held constant: grad loss = -1/B sum_b sum_s wt_sb grad log w_sb.
 
-Both functions write the parameter gradients into the model's flat gradient buffer and return a
+ELBO with the encoder's gradient by the score function (REINFORCE; ``score_elbo_loss``):
+    the same loss, the same decoder gradient; the encoder's gradient is
+    1/(S B) sum (f - c) d log q / d(mu, logvar) instead of the path through z (see the function).
+
+All three functions write the parameter gradients into the model's flat gradient buffer and return a
 ``Terms`` of 0-d device arrays (no host synchronisation inside a training step).
 """
 import math
@@ -21,6 +25,9 @@ from collections import namedtuple
 
 from . import kernels
 from .backend import get_array_module
+from .distributions import gaussian_score
+from .errors import MinivaeError
+from .estimators import leave_one_out_mean
 
 Terms = namedtuple("Terms", "loss rec kl")
 Terms.__doc__ = """Batch means, in nats per example: loss (the objective), rec (-E_q log p(x|z),
@@ -68,6 +75,67 @@ def elbo_loss(model, x, eps, beta):
     dz = dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
     kernels.reparam_kl_backward(dz, eps, std, mu, logvar, beta / B,
                                 out=(ws.dhead[:, :Z], ws.dhead[:, Z:]))
+    enc.backward(ws.dhead)
+    return Terms(loss, rec, kl_mean)
+
+
+BASELINES = ("none", "mean")
+
+
+def score_baseline(signal, baseline):
+    """The control variate c (S, B) of the learning signal (S, B): 0 ('none') or, per example, the
+    leave-one-out mean of the other S - 1 samples' signals ('mean', S >= 2)."""
+    if baseline == "none":
+        return signal.dtype.type(0)
+    if baseline == "mean":
+        if signal.shape[0] < 2:
+            raise MinivaeError(f"baseline 'mean' (leave-one-out) needs at least 2 samples per "
+                               f"example, got {signal.shape[0]}; raise samples (--k) or use "
+                               "baseline 'none'")
+        return leave_one_out_mean(signal, axis=0)
+    raise MinivaeError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+
+
+def score_elbo_loss(model, x, eps, beta, baseline="none"):
+    """The (beta-)ELBO loss of ``elbo_loss``, the encoder's gradient by the score function.
+
+    x: (B, D); eps: (S, B, Z).  z_sb = mu_b + std_b eps_sb is a *sample* of q(z|x_b): no derivative
+    flows through it.  Per example b and sample s, three named arrays (S, B) / (S, B, Z):
+        signal  f_sb = log p(x_b|z_sb) + beta (log p(z_sb) - log q(z_sb|x_b))
+                     = -nll_sb - beta/2 sum_j (z_sbj^2 - eps_sbj^2 - logvar_bj)   (log 2 pi cancels)
+        base    c_sb = 0 ('none') or (sum_t f_tb - f_sb) / (S - 1) ('mean', leave-one-out)
+        score   d log q(z_sb|x_b) / d mu_b = eps_sb / std_b,   d / d logvar_b = (eps_sb^2 - 1) / 2
+    Derivation.  With phi the encoder's parameters, L = E_q[f_phi(z)] where f depends on phi
+    only through -beta log q_phi(z|x), and (Leibniz, then d q = q d log q)
+        dL/dphi = E_q[f d log q/dphi] + E_q[d f_phi/dphi] = E_q[f score] - beta E_q[score]
+                = E_q[f score]                                   since E_q[score] = d/dphi 1 = 0,
+                = E_q[(f - c) score]   for any c independent of z_sb: E[c score] = E[c] E[score] = 0
+    (the leave-one-out c uses the other samples only, so it qualifies; the plain mean would not).
+    The loss is -ELBO, so its gradient estimate is, summed into the encoder head:
+        dmu_b     = -1/(S B) sum_s (f_sb - c_sb) eps_sb / std_b
+        dlogvar_b = -1/(S B) sum_s (f_sb - c_sb) (eps_sb^2 - 1) / 2
+    The decoder's parameters theta do not shape q, so d/dtheta E_q[log p_theta(x|z)] =
+    E_q[d log p_theta(x|z)/dtheta]: the decoder's gradient is elbo_loss's, at the same z.  The
+    loss reported is also elbo_loss's (rec + beta KL, KL in closed form); its mean is -1/(S B)
+    sum f's.  Same mean gradient as elbo_loss: tests/test_score_estimator.py.
+    """
+    xp = get_array_module(x)
+    S, B, Z = eps.shape
+    dt = eps.dtype.type
+    ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
+    nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
+                                                       grad=ws.dout, db=dec.linears[-1].db)
+    rec = xp.mean(nll)
+    kl_mean = xp.mean(kl)
+    loss = rec + kl_mean * dt(beta)
+    dec.backward(dout.reshape(S * B, -1), db_done)       # its dz is not used: no path through z
+
+    signal = -nll - dt(0.5 * beta) * xp.sum(z * z - eps * eps - logvar, axis=-1)      # (S, B)
+    base = score_baseline(signal, baseline)                                             # (S, B)
+    score_mu, score_logvar = gaussian_score(eps, std)                                   # (S, B, Z)
+    weight = ((signal - base) * dt(-1.0 / (S * B)))[..., None]                          # (S, B, 1)
+    xp.sum(weight * score_mu, axis=0, out=ws.dhead[:, :Z])
+    xp.sum(weight * score_logvar, axis=0, out=ws.dhead[:, Z:])
     enc.backward(ws.dhead)
     return Terms(loss, rec, kl_mean)
 

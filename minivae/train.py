@@ -460,14 +460,17 @@ def _describe(row):
 
 # -------------------------------------------------------------------------------- loading runs
 MODEL_KEYS = ("data_dim", "hidden", "latent_dim", "activation", "likelihood", "beta", "dtype",
-              "seed", "device", "sigma", "learn_sigma", "objective", "samples")
+              "seed", "device", "sigma", "learn_sigma", "objective", "samples", "estimator",
+              "baseline")
+OPTIONAL_MODEL_KEYS = {"estimator": "reparam", "baseline": "none"}    # absent from older runs
 
 
 def _param_shapes(where, cfg):
     """name -> shape of the parameters the model config describes, computed without building
     the model (so a hostile config cannot make us allocate): the layout of VAE.__init__,
     encoder D -> H1.. -> 2Z, decoder Z -> ..H1 -> D, then the likelihood's own parameters."""
-    if not isinstance(cfg, dict) or set(cfg) != set(MODEL_KEYS):
+    if not isinstance(cfg, dict) or not (set(MODEL_KEYS) - set(OPTIONAL_MODEL_KEYS) <= set(cfg)
+                                         <= set(MODEL_KEYS)):
         got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
         raise MinivaeError(f"{where}: its model config has keys {got}, needs "
                            f"{sorted(MODEL_KEYS)}; the file is damaged or from another program")
