@@ -93,6 +93,15 @@ def build_parser():
                    help="Gaussian likelihood: the (initial) standard deviation")
     t.add_argument("--learn-sigma", choices=("fixed", "shared", "per-dim"), default="fixed")
     t.add_argument("--beta", type=_nonneg(float), default=1.0, help="KL weight (beta-VAE)")
+    t.add_argument("--warmup-steps", type=_nonneg(int), default=0, metavar="N",
+                   help="KL warm-up: beta raised linearly from 0 to --beta over N steps (0: off)")
+    t.add_argument("--capacity", type=_nonneg(float), default=None, metavar="C_MAX",
+                   help="capacity control (Burgess et al. 2018): minimise -E log p(x|z) + "
+                   "gamma * |KL - C|, C raised linearly from 0 to C_MAX nats (default: off)")
+    t.add_argument("--capacity-steps", type=_nonneg(int), default=0, metavar="N",
+                   help="steps over which C rises to C_MAX (0: C_MAX from the start)")
+    t.add_argument("--gamma", type=_positive(float), default=1000.0,
+                   help="weight of |KL - C| with --capacity")
     t.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     t.add_argument("--k", "--samples", dest="samples", type=_positive(int), default=1,
                    help="Monte Carlo samples per example (the K of --objective iwae)")
@@ -230,8 +239,12 @@ def cmd_train(args):
                     baseline=args.baseline)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
-                           on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule)
+                           on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule,
+                           warmup_steps=args.warmup_steps, capacity=args.capacity,
+                           capacity_steps=args.capacity_steps, gamma=args.gamma)
         tcfg.check()
+        from .schedules import check_model
+        check_model(tcfg, model)
         run_dir = _make_run_dir(args.out, args.dataset)
         dataset_args = dict(data_dir=args.data_dir, binarize=args.binarize,
                             valid_size=args.valid_size, seed=args.seed)

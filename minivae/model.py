@@ -251,16 +251,21 @@ class VAE:
         return self.xp.asarray(eps, dtype=self.dtype)
 
     # ------------------------------------------------------------------ public surface
-    def forward_backward(self, x, eps):
+    def forward_backward(self, x, eps, beta=None, capacity=None, gamma=None):
         """One pass of the configured objective; gradients land in ``self.buffer.grad``.
 
+        beta: this step's KL weight in place of the model's (a warm-up schedule); capacity and
+        gamma: the capacity-controlled loss (``objectives.capacity_loss``) instead of the ELBO.
         No input checks (the trainer checks its data once); returns 0-d device arrays.
         """
         if self.objective == "iwae":
             return objectives.iwae_loss(self, x, eps)
+        beta = self.beta if beta is None else beta
+        if capacity is not None:
+            return objectives.capacity_loss(self, x, eps, gamma, capacity)
         if self.estimator == "score":
-            return objectives.score_elbo_loss(self, x, eps, self.beta, self.baseline)
-        return objectives.elbo_loss(self, x, eps, self.beta)
+            return objectives.score_elbo_loss(self, x, eps, beta, self.baseline)
+        return objectives.elbo_loss(self, x, eps, beta)
 
     def loss_and_grads(self, x, eps=None, rng=None):
         """(loss in nats per example, {name: gradient copy}).  With eps given it is deterministic.

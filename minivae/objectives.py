@@ -6,6 +6,9 @@ ELBO with S samples and weight beta (beta = 1: the ELBO; beta != 1: the beta-VAE
     loss = 1/B sum_b [ 1/S sum_s -log p(x_b | z_sb) + beta * KL(q(z|x_b) || N(0, I)) ]
     z_sb = mu_b + exp(logvar_b / 2) * eps_sb
 
+Capacity-controlled beta-VAE (Burgess et al. 2018), C the capacity in nats:
+    loss = 1/B sum_b 1/S sum_s -log p(x_b | z_sb) + gamma * | 1/B sum_b KL_b - C |
+
 IWAE bound with K = S samples (Burda et al. 2016):
     log w_sb = log p(x_b | z_sb) + log p(z_sb) - log q(z_sb | x_b)
              = -nll_sb - 1/2 sum_j (z_sbj^2 - eps_sbj^2 - logvar_bj)        (the log 2 pi cancel)
@@ -50,6 +53,20 @@ def _forward(model, x, eps):
     return Forward(ws, enc, dec, mu, logvar, z, std, kl, out)
 
 
+def _reconstruction_backward(model, x, eps):
+    """The forward pass, the distortion term's value and its backward down to dz:
+        dout = 1/(S B) * d nll / d out,  dz = decoder backward of dout   (S, B, Z).
+    Returns (Forward, rec, dz): rec is the batch mean of -log p(x|z) (a 0-d device array)."""
+    xp = get_array_module(x)
+    S, B, Z = eps.shape
+    f = _forward(model, x, eps)
+    nll, dout, db_done = model.likelihood.nll_and_grad(f.out, x, 1.0 / (S * B), nll=f.ws.nll,
+                                                       grad=f.ws.dout, db=f.dec.linears[-1].db)
+    rec = xp.mean(nll)                           # mean over samples and batch
+    dz = f.dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
+    return f, rec, dz
+
+
 def elbo_loss(model, x, eps, beta):
     """The (beta-)ELBO loss and its gradient.  x: (B, D); eps: (S, B, Z).
 
@@ -62,20 +79,54 @@ def elbo_loss(model, x, eps, beta):
     Runs on the model's workspaces (``model._plan``, ``model._step_buffers``): fused kernels,
     GEMMs into preallocated outputs, nothing allocated once a batch size has been seen.
     """
+    S, B, Z = eps.shape
+    f, rec, dz = _reconstruction_backward(model, x, eps)
+    kl_mean = get_array_module(x).mean(f.kl)
+    loss = rec + kl_mean * kl_mean.dtype.type(beta)
+    kernels.reparam_kl_backward(dz, eps, f.std, f.mu, f.logvar, beta / B,
+                                out=(f.ws.dhead[:, :Z], f.ws.dhead[:, Z:]))
+    f.enc.backward(f.ws.dhead)
+    return Terms(loss, rec, kl_mean)
+
+
+def capacity_loss(model, x, eps, gamma, capacity):
+    """The capacity-controlled beta-VAE loss of Burgess et al. (2018) and its gradient.
+
+        loss = 1/(S B) sum_sb -log p(x_b | z_sb)  +  gamma * | KLbar - C |,
+        KLbar = 1/B sum_b KL(q(z|x_b) || N(0, I)),   C = capacity (nats per example)
+
+    x: (B, D); eps: (S, B, Z); gamma > 0; C >= 0 (the trainer raises it linearly from 0 to
+    C_max, see ``minivae.schedules``).  The KL is pushed towards C from both sides: below C
+    the penalty pays for information, above C it charges gamma per nat.
+
+    backward: the distortion's part is that of the ELBO (dz from the decoder); the KL enters
+    only through KLbar, and d|u|/du = sign(u), so
+        d loss / d KL_b   = gamma * sign(KLbar - C) / B          (one weight for the batch)
+        dmu      = reparameterisation backward of dz  +  w * mu                  (fan-out: add)
+        dlogvar  = reparameterisation backward of dz  +  w * (exp(logvar) - 1) / 2,
+        w = gamma * sign(KLbar - C) / B.
+    The kink: |u| has no derivative at u = 0 (KLbar = C exactly); its subdifferential is the
+    interval [-gamma, gamma] / B, and we take 0, its minimum-norm element (what sign(0) gives):
+    at the kink the step follows the distortion alone.  A float32 KLbar equals C with
+    probability ~0, and near it the loss is not smooth, so finite differences are only checked
+    away from it (tests/test_objectives.py).
+
+    w is a 0-d device array (no host synchronisation), so the KL part is added after the fused
+    kernel (called with KL weight 0): two (B, Z) elementwise updates.
+    """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
-    nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
-                                                       grad=ws.dout, db=dec.linears[-1].db)
-
-    rec = xp.mean(nll)                           # mean over samples and batch
-    kl_mean = xp.mean(kl)
-    loss = rec + kl_mean * kl_mean.dtype.type(beta)
-
-    dz = dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
-    kernels.reparam_kl_backward(dz, eps, std, mu, logvar, beta / B,
-                                out=(ws.dhead[:, :Z], ws.dhead[:, Z:]))
-    enc.backward(ws.dhead)
+    f, rec, dz = _reconstruction_backward(model, x, eps)
+    t = f.kl.dtype.type
+    kl_mean = xp.mean(f.kl)
+    gap = kl_mean - t(capacity)
+    loss = rec + t(gamma) * xp.abs(gap)
+    dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, f.std, f.mu, f.logvar, 0.0,
+                                               out=(f.ws.dhead[:, :Z], f.ws.dhead[:, Z:]))
+    w = xp.sign(gap) * t(gamma / B)                                  # 0-d, on the device
+    dmu += w * f.mu
+    dlogvar += (w * t(0.5)) * xp.expm1(f.logvar)
+    f.enc.backward(f.ws.dhead)
     return Terms(loss, rec, kl_mean)
 
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, schedules
 from .backend import make_rng, resolve_dtype, to_device
 from .errors import MinivaeError
 from .layers import mlp_shapes
@@ -60,6 +60,10 @@ class TrainConfig:
     drop_last: bool = False
     eval_batch: int = 1000
     lr_schedule: str = "constant"    # or 'iwae': lr * 10^(-i/7) for 3^i epochs, i = 0..7
+    warmup_steps: int = 0            # KL warm-up: beta * min(1, step / warmup_steps)
+    capacity: float | None = None    # C_max (nats): the capacity-controlled objective
+    capacity_steps: int = 0          # C = capacity * min(1, step / capacity_steps)
+    gamma: float = 1000.0            # weight of |KL - C| (Burgess et al. 2018 use 1000)
 
     def lr_at(self, epoch):
         """The learning rate of epoch `epoch` (0-based).  'iwae' is the schedule of Burda et al.
@@ -98,6 +102,7 @@ class TrainConfig:
             raise MinivaeError(f"on-nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
         if not isinstance(self.drop_last, bool):
             raise MinivaeError(f"drop_last must be True or False, got {self.drop_last!r}")
+        schedules.check(self.warmup_steps, self.capacity, self.capacity_steps, self.gamma)
         return self
 
 
@@ -160,6 +165,7 @@ class Trainer:
         self._saved_at = None                 # (epoch, step) of the last checkpoint written
         self._reset_epoch_totals()
         self._check_data()
+        schedules.check_model(config, model)
 
     def _reset_epoch_totals(self):
         # running sums of the epoch's train loss, rec and kl (weighted by batch size), the
@@ -295,6 +301,7 @@ class Trainer:
 
     def _row(self, epoch, train, seconds):
         row = {"epoch": epoch, "step": self.global_step, "seconds": round(seconds, 3)}
+        row.update(schedules.objective_args(self.cfg, self.model.beta, self.global_step))
         if train is not None:
             row.update({f"train_{k}": v for k, v in train.items()})
         for split, m in self.heldout().items():
@@ -387,7 +394,8 @@ class Trainer:
                     self.noise_rng.standard_normal(out=eps, dtype=model.dtype)
                 else:
                     eps = self.noise_rng.standard_normal((S, len(idx), Z), dtype=model.dtype)
-                terms = model.forward_backward(xb, eps)
+                terms = model.forward_backward(xb, eps, **schedules.objective_args(
+                    cfg, model.beta, self.global_step))
                 loss = float(terms.loss)
                 g = model.buffer.grad
                 gnorm2 = float(xp.dot(g, g))
