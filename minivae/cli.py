@@ -91,7 +91,17 @@ def build_parser():
     t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
     t.add_argument("--sigma", type=_positive(float), default=1.0,
                    help="Gaussian likelihood: the (initial) standard deviation")
-    t.add_argument("--learn-sigma", choices=("fixed", "shared", "per-dim"), default="fixed")
+    t.add_argument("--learn-sigma", choices=("fixed", "shared", "per-dim", "per-example"),
+                   default="fixed", help="Gaussian likelihood: sigma fixed at --sigma, learned "
+                   "as one value or one per pixel for the whole dataset, or per-example: the "
+                   "decoder predicts a mean and a log-variance for every pixel of every image "
+                   "(Kingma & Welling 2013)")
+    t.add_argument("--gaussian-mean", choices=("identity", "sigmoid"), default="identity",
+                   help="Gaussian likelihood: the decoder's mean as it is, or squashed into "
+                   "(0, 1) by a sigmoid (for data in [0, 1])")
+    t.add_argument("--sigma-min", type=_nonneg(float), default=1.0 / 256,
+                   help="--learn-sigma per-example: the floor on sigma, so that the variance "
+                   "cannot collapse onto a pixel (0: no floor)")
     t.add_argument("--beta", type=_nonneg(float), default=1.0, help="KL weight (beta-VAE)")
     t.add_argument("--warmup-steps", type=_nonneg(int), default=0, metavar="N",
                    help="KL warm-up: beta raised linearly from 0 to --beta over N steps (0: off)")
@@ -236,7 +246,8 @@ def cmd_train(args):
         model = VAE(data.dim, args.hidden, args.latent_dim, args.activation, args.likelihood,
                     args.beta, args.dtype, args.seed, args.device, args.sigma, args.learn_sigma,
                     args.objective, args.samples, estimator=args.estimator,
-                    baseline=args.baseline)
+                    baseline=args.baseline, gaussian_mean=args.gaussian_mean,
+                    sigma_min=args.sigma_min)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
                            on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule,

@@ -21,6 +21,12 @@ Bernoulli p(x|z) from logits l:   -log p(x|z) = sum_d softplus(l_d) - x_d l_d
 Gaussian p(x|z) = N(m, sigma^2):  -log p(x|z) = sum_d (x_d - m_d)^2 / (2 sigma_d^2) + log sigma_d
                                                       + log(2 pi) / 2
                                   d/dm = (m - x) / sigma^2,  d/dlog sigma = 1 - (x - m)^2 / sigma^2
+Gaussian p(x|z) = N(m, exp(v)), v a log-variance per example and pixel (Kingma & Welling 2013):
+                                  -log p(x|z) = 1/2 sum_d (x_d - m_d)^2 exp(-v_d) + v_d + log(2 pi)
+                                  d/dm = (m - x) exp(-v),    d/dv = (1 - (x - m)^2 exp(-v)) / 2
+    the floor on sigma            v = log(exp(r) + sigma_min^2) = logaddexp(r, 2 log sigma_min)
+                                  dv/dr = exp(r) / (exp(r) + sigma_min^2) = exp(r - v)  (in (0, 1])
+    the squashed mean             m = sigmoid(a),  dm/da = m (1 - m)
 """
 import math
 
@@ -123,3 +129,36 @@ def gaussian_nll_grad(mean, x, log_sigma):
     inv_var = xp.exp(-2 * log_sigma)
     d = mean - x
     return d * inv_var, 1 - d * d * inv_var
+
+
+def gaussian_logvar_nll(mean, logvar, x):
+    """-log N(x; mean, exp(logvar)) summed over the last axis; mean, logvar (..., D), x broadcasts."""
+    xp = get_array_module(mean)
+    half = mean.dtype.type(0.5)
+    d = x - mean
+    return half * xp.sum(d * d * xp.exp(-logvar) + logvar + mean.dtype.type(LOG_2PI), axis=-1)
+
+
+def gaussian_logvar_nll_grad(mean, logvar, x):
+    """(d/dmean, d/dlogvar) of gaussian_logvar_nll per element:
+    ((mean - x) exp(-logvar), (1 - (x - mean)^2 exp(-logvar)) / 2)."""
+    xp = get_array_module(mean)
+    d = mean - x
+    w = d * xp.exp(-logvar)
+    return w, mean.dtype.type(0.5) * (1 - d * w)
+
+
+def floored_logvar(r, log_var_min):
+    """v = log(exp(r) + exp(log_var_min)): a log-variance that never falls below log_var_min
+    (the log of sigma_min^2), smooth, and equal to r far above the floor.  log_var_min = -inf
+    (sigma_min = 0) gives v = r.  Returns v; its derivative is floored_logvar_grad(r, v)."""
+    xp = get_array_module(r)
+    if log_var_min == -math.inf:
+        return r
+    return xp.logaddexp(r, r.dtype.type(log_var_min))
+
+
+def floored_logvar_grad(r, v):
+    """dv/dr = exp(r) / (exp(r) + sigma_min^2) = exp(r - v), in (0, 1] since r <= v."""
+    xp = get_array_module(r)
+    return xp.exp(r - v)

@@ -10,6 +10,27 @@ and writes the gradient of any parameter it owns (a learned log sigma) into its 
     Bernoulli   out = logits l             -log p = sum softplus(l) - x l,  d/dl = sigmoid(l) - x
     Gaussian    out = mean m, sigma fixed  -log p = sum (x - m)^2 / (2 sigma^2) + log sigma + log(2 pi)/2
                 or log sigma learned: one shared value or one per dimension (params 'dec.log_sigma')
+    GaussianPerExample   out = [a | r] (S, B, 2D): Kingma & Welling's decoder, a mean and a
+                log-variance per example and pixel, predicted from z (heteroscedastic)
+
+Every Gaussian head takes mean='identity' (m = out) or 'sigmoid' (m = sigmoid(out), for data in
+[0, 1]: the mean, and so every reconstruction and sample mean, stays inside the data's range);
+the gradient then picks up dm/da = m (1 - m).
+
+A head says how many decoder outputs it reads per data dimension through out_features(D): D for
+Bernoulli and Gaussian, 2 D for GaussianPerExample (the mean's D columns, then the log-variance's
+D), so any decoder (an MLP here, a convolutional one elsewhere) ends in out_features(D) outputs.
+
+The variance's numerical risk.  A decoder that predicts its own variance can drive it to 0 on a
+pixel it reconstructs exactly (a background pixel that is always 0, a saturated one that is always
+1): -log p there falls without bound (log sigma -> -inf), the ELBO grows without bound and the
+gradient (x - m) / sigma^2 explodes.  GaussianPerExample therefore floors the variance smoothly,
+    v = log(exp(r) + sigma_min^2)       (sigma >= sigma_min; sigma_min = 0 removes the floor)
+with sigma_min = 1/256 by default: for data in [0, 1] on 256 grey levels, no pixel's density can
+then exceed 256 / sqrt(2 pi), so the 8-bit (discretised) log-likelihood of every pixel stays
+below 0, as a probability's must.  The fixed, shared and per-dim modes are not floored (their
+sigma is one number per pixel for the whole dataset, which a constant pixel can still drive to 0:
+prefer fixed sigma, or per-example with its floor, on data with constant pixels).
 """
 import math
 
@@ -25,7 +46,11 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 
 def _is_number(scale):
     return isinstance(scale, (int, float, np.floating, np.integer))
-SIGMA_MODES = ("fixed", "shared", "per-dim")
+
+
+SIGMA_MODES = ("fixed", "shared", "per-dim", "per-example")
+MEANS = ("identity", "sigmoid")
+SIGMA_MIN = 1.0 / 256        # the default floor of GaussianPerExample's sigma (see above)
 
 
 class Bernoulli:
@@ -33,6 +58,9 @@ class Bernoulli:
 
     name = "bernoulli"
     needs_unit_interval = True
+
+    def out_features(self, data_dim):
+        return data_dim
 
     def param_shapes(self, data_dim):
         return {}
@@ -68,18 +96,23 @@ class Gaussian:
 
     With a learned log sigma the gradient sums over every place the parameter is used:
         dlog_sigma = scale * sum_{s,b} (1 - (x - m)^2 / sigma^2)        (and over d when shared)
+    mean 'sigmoid': m = sigmoid(out), and d/dout = (m - x) / sigma^2 * m (1 - m).
     """
 
     name = "gaussian"
     needs_unit_interval = False
 
-    def __init__(self, sigma=1.0, learn="fixed"):
+    def __init__(self, sigma=1.0, learn="fixed", mean="identity"):
         if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
             raise MinivaeError(f"sigma must be a positive number, got {sigma!r}")
-        if learn not in SIGMA_MODES:
-            raise MinivaeError(f"learn_sigma must be one of {', '.join(SIGMA_MODES)}, got {learn!r}")
-        self.sigma, self.learn = float(sigma), learn
+        if learn not in SIGMA_MODES[:3]:
+            raise MinivaeError(f"learn_sigma must be one of {', '.join(SIGMA_MODES[:3])} for "
+                               f"Gaussian (per-example: GaussianPerExample), got {learn!r}")
+        self.sigma, self.learn, self.mean_fn = float(sigma), learn, _check_mean(mean)
         self.log_sigma = self.dlog_sigma = None
+
+    def out_features(self, data_dim):
+        return data_dim
 
     def param_shapes(self, data_dim):
         if self.learn == "fixed":
@@ -103,10 +136,13 @@ class Gaussian:
         return out.dtype.type(math.log(self.sigma))
 
     def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None):
-        """(nll (S, B), dmean, False): the decoder's bias gradient is left to the decoder."""
+        """(nll (S, B), dout, False): the decoder's bias gradient is left to the decoder."""
         weights = None if _is_number(scale) else scale   # per-example weights (S, B, 1)
-        nll_, dmean, dlogsig = kernels.gaussian_nll_grad(out, x, self._log_sigma(out),
+        m = self.mean(out)
+        nll_, dmean, dlogsig = kernels.gaussian_nll_grad(m, x, self._log_sigma(out),
                                                          1.0 if weights is not None else scale)
+        if self.mean_fn == "sigmoid":
+            dmean *= m * (1 - m)                          # dm/dout of m = sigmoid(out)
         if weights is not None:
             dmean *= weights
             dlogsig *= weights
@@ -119,27 +155,120 @@ class Gaussian:
         return nll_, dmean, False
 
     def nll(self, out, x, nll=None):
-        value = dist.gaussian_nll(out, x, self._log_sigma(out))
-        if nll is None:
-            return value
-        nll[...] = value
-        return nll
+        value = dist.gaussian_nll(self.mean(out), x, self._log_sigma(out))
+        return _into(nll, value)
 
     def mean(self, out):
-        return out
+        return dist.sigmoid(out) if self.mean_fn == "sigmoid" else out
 
     def sample(self, out, rng):
         xp = get_array_module(out)
         noise = rng.standard_normal(out.shape, dtype=out.dtype)
-        return out + xp.exp(self._log_sigma(out)) * noise
+        return self.mean(out) + xp.exp(self._log_sigma(out)) * noise
 
 
-def make_likelihood(name, sigma=1.0, learn_sigma="fixed"):
+class GaussianPerExample:
+    """Kingma & Welling's Gaussian decoder: a mean and a variance per example and pixel.
+
+    out (S, B, 2D) = [a | r]:  m = a or sigmoid(a),  v = log(exp(r) + sigma_min^2)  (log-variance)
+        -log p(x|z) = 1/2 sum_d (x_d - m_d)^2 exp(-v_d) + v_d + log(2 pi)
+    backward (scale: 1/(S B), or per-example weights (S, B, 1)):
+        d/da = scale * (m - x) exp(-v) * [m (1 - m) with the sigmoid mean]
+        d/dr = scale * (1 - (x - m)^2 exp(-v)) / 2 * exp(r - v)       (exp(r - v) = dv/dr)
+    The floor sigma_min (default 1/256; 0: none) is explained in the module docstring.
+    init_output_bias starts every pixel's sigma at ``sigma`` (the r half of the last bias).
+    """
+
+    name = "gaussian"
+    needs_unit_interval = False
+    learn = "per-example"
+
+    def __init__(self, sigma=1.0, mean="identity", sigma_min=SIGMA_MIN):
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise MinivaeError(f"sigma must be a positive number, got {sigma!r}")
+        if not (isinstance(sigma_min, (int, float)) and not isinstance(sigma_min, bool)
+                and math.isfinite(sigma_min) and 0 <= sigma_min < sigma):
+            raise MinivaeError(f"sigma_min (the floor on the decoder's sigma) must be a number "
+                               f">= 0 and below the initial sigma {sigma!r}, got {sigma_min!r}")
+        self.sigma, self.mean_fn, self.sigma_min = float(sigma), _check_mean(mean), float(sigma_min)
+        self.log_var_min = 2 * math.log(sigma_min) if sigma_min > 0 else -math.inf
+
+    def out_features(self, data_dim):
+        return 2 * data_dim
+
+    def param_shapes(self, data_dim):
+        return {}
+
+    def bind(self, buffer):
+        pass
+
+    def init_output_bias(self, b):
+        """b: the decoder's last bias (2D,): its log-variance half gets log(sigma^2 - sigma_min^2)."""
+        D = b.shape[0] // 2
+        b[D:] = math.log(self.sigma ** 2 - self.sigma_min ** 2)
+
+    def _split(self, out):
+        """(a, r, m, v) of out (..., 2D)."""
+        D = out.shape[-1] // 2
+        a, r = out[..., :D], out[..., D:]
+        return a, r, self.mean(out), dist.floored_logvar(r, self.log_var_min)
+
+    def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None):
+        """(nll (S, B), dout (S, B, 2D), False); grad, when given, is written instead of allocating."""
+        xp = get_array_module(out)
+        _, r, m, v = self._split(out)
+        value = dist.gaussian_logvar_nll(m, v, x)
+        dm, dv = dist.gaussian_logvar_nll_grad(m, v, x)
+        if self.mean_fn == "sigmoid":
+            dm *= m * (1 - m)
+        dv *= dist.floored_logvar_grad(r, v)
+        s = out.dtype.type(scale) if _is_number(scale) else scale
+        dout = grad if grad is not None and grad.shape == out.shape else xp.empty_like(out)
+        D = dm.shape[-1]
+        xp.multiply(dm, s, out=dout[..., :D])
+        xp.multiply(dv, s, out=dout[..., D:])
+        return _into(nll, value), dout, False
+
+    def nll(self, out, x, nll=None):
+        _, _, m, v = self._split(out)
+        return _into(nll, dist.gaussian_logvar_nll(m, v, x))
+
+    def mean(self, out):
+        a = out[..., :out.shape[-1] // 2]
+        return dist.sigmoid(a) if self.mean_fn == "sigmoid" else a
+
+    def sigma_of(self, out):
+        """The decoder's standard deviation per pixel, exp(v / 2): (..., D)."""
+        xp = get_array_module(out)
+        _, _, _, v = self._split(out)
+        return xp.exp(v * out.dtype.type(0.5))
+
+    def sample(self, out, rng):
+        m = self.mean(out)
+        return m + self.sigma_of(out) * rng.standard_normal(m.shape, dtype=m.dtype)
+
+
+def _into(buf, value):
+    if buf is None:
+        return value
+    buf[...] = value
+    return buf
+
+
+def _check_mean(mean):
+    if mean not in MEANS:
+        raise MinivaeError(f"gaussian mean must be one of {', '.join(MEANS)}, got {mean!r}")
+    return mean
+
+
+def make_likelihood(name, sigma=1.0, learn_sigma="fixed", mean="identity", sigma_min=SIGMA_MIN):
     if learn_sigma not in SIGMA_MODES:
         raise MinivaeError(f"learn_sigma must be one of {', '.join(SIGMA_MODES)}, "
                            f"got {learn_sigma!r}")
     if name == "bernoulli":
         return Bernoulli()
     if name == "gaussian":
-        return Gaussian(sigma, learn_sigma)
+        if learn_sigma == "per-example":
+            return GaussianPerExample(sigma, mean, sigma_min)
+        return Gaussian(sigma, learn_sigma, mean)
     raise MinivaeError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {name!r}")

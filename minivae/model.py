@@ -1,7 +1,8 @@
 """The VAE: encoder -> (mu, logvar) -> z = mu + std * eps -> decoder -> p(x|z).
 
     encoder   MLP  D -> H1 -> ... -> 2Z   (one linear head; its columns are mu then logvar)
-    decoder   MLP  Z -> ... -> H1 -> D    (outputs the likelihood's parameters: logits or means)
+    decoder   MLP  Z -> ... -> H1 -> D'   (the likelihood's parameters: logits, means, or means and
+                                          log-variances; D' = likelihood.out_features(D))
 
 All parameters live in one ParamBuffer (``model.buffer``): ``model.params`` and ``model.grads`` are
 name -> view mappings into its flat ``data`` and ``grad`` arrays.  The objective functions in
@@ -17,7 +18,7 @@ from . import objectives
 from .backend import array_module, resolve_device, resolve_dtype
 from .errors import MinivaeError
 from .layers import ACTIVATIONS, build_mlp, FusedMLP, Linear, mlp_shapes
-from .likelihoods import make_likelihood
+from .likelihoods import SIGMA_MIN, make_likelihood
 from .params import ParamBuffer
 
 ELBO = namedtuple("ELBO", "elbo rec kl")
@@ -81,7 +82,11 @@ class VAE:
     latent_dim    Z
     activation    relu, leaky_relu, tanh, sigmoid, softplus or elu
     likelihood    'bernoulli' (logits; data in [0, 1]) or 'gaussian' (means)
-    sigma, learn_sigma   Gaussian only: sigma's value, and 'fixed', 'shared' or 'per-dim'
+    sigma, learn_sigma   Gaussian only: sigma's value (the initial one when learned), and 'fixed',
+                  'shared', 'per-dim' (one sigma per pixel for the whole dataset) or 'per-example'
+                  (Kingma & Welling's decoder: a mean and a log-variance per example and pixel)
+    gaussian_mean   Gaussian only: 'identity' or 'sigmoid' (means in (0, 1), for data in [0, 1])
+    sigma_min     'per-example' only: the floor on sigma (default 1/256; see minivae.likelihoods)
     beta          weight of the KL term (1: the ELBO; > 1: a beta-VAE)
     objective     'elbo' or 'iwae';  samples: S Monte Carlo samples (the K of IWAE)
     estimator     the encoder's gradient: 'reparam' (through z = mu + std eps) or 'score' (the
@@ -95,7 +100,8 @@ class VAE:
     def __init__(self, data_dim, hidden=(400,), latent_dim=20, activation="relu",
                  likelihood="bernoulli", beta=1.0, dtype="float32", seed=0, device=None,
                  sigma=1.0, learn_sigma="fixed", objective="elbo", samples=1,
-                 estimator="reparam", baseline="none"):
+                 estimator="reparam", baseline="none", gaussian_mean="identity",
+                 sigma_min=SIGMA_MIN):
         data_dim = _positive_int("data_dim", data_dim)
         latent_dim = _positive_int("latent_dim", latent_dim)
         if isinstance(hidden, (int, np.integer)):
@@ -106,6 +112,7 @@ class VAE:
                                f"got {activation!r}")
         beta = _finite_number("beta", beta, low=0.0)
         sigma = _finite_number("sigma", sigma, low=0.0, strict=True)
+        sigma_min = _finite_number("sigma_min", sigma_min, low=0.0)
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise MinivaeError(f"seed must be an integer >= 0, got {seed!r}")
         if objective not in objectives.OBJECTIVES:
@@ -135,16 +142,19 @@ class VAE:
                            dtype=resolve_dtype(dtype).__name__, seed=int(seed),
                            device=resolve_device(device), sigma=float(sigma),
                            learn_sigma=learn_sigma, objective=objective,
-                           samples=samples, estimator=estimator, baseline=baseline)
+                           samples=samples, estimator=estimator, baseline=baseline,
+                           gaussian_mean=gaussian_mean, sigma_min=sigma_min)
         self.dtype = resolve_dtype(dtype)
         self.xp = array_module(self.config["device"])
-        self.likelihood = make_likelihood(likelihood, sigma, learn_sigma)
+        self.likelihood = make_likelihood(likelihood, sigma, learn_sigma, gaussian_mean,
+                                          sigma_min)
         self.data_dim, self.latent_dim, self.hidden = data_dim, latent_dim, hidden
         self.beta, self.objective, self.samples = float(beta), objective, self.config["samples"]
         self.estimator, self.baseline = estimator, baseline
 
         enc_sizes = (data_dim, *hidden, 2 * latent_dim)
-        dec_sizes = (latent_dim, *hidden[::-1], data_dim)
+        self.out_dim = self.likelihood.out_features(data_dim)
+        dec_sizes = (latent_dim, *hidden[::-1], self.out_dim)
         shapes = {**mlp_shapes("enc", enc_sizes), **mlp_shapes("dec", dec_sizes),
                   **self.likelihood.param_shapes(data_dim)}
         self.buffer = ParamBuffer(shapes, xp=self.xp, dtype=self.dtype)
@@ -172,6 +182,8 @@ class VAE:
                 Linear.init(layer.W, layer.b, rng)
         if hasattr(self.likelihood, "init"):
             self.likelihood.init()
+        if hasattr(self.likelihood, "init_output_bias"):
+            self.likelihood.init_output_bias(self.decoder.layers[-1].b)
 
     # ------------------------------------------------------------------ passes
     def encoder_forward(self, x):
@@ -183,11 +195,11 @@ class VAE:
         self.encoder.backward(self.xp.concatenate((dmu, dlogvar), axis=1))
 
     def decoder_forward(self, z):
-        """z (N, Z) -> the likelihood's parameters (N, D)."""
+        """z (N, Z) -> the likelihood's parameters (N, D')."""
         return self.decoder.forward(z)
 
     def decoder_backward(self, dout):
-        """dout (N, D) -> dz (N, Z), writing the decoder's parameter gradients."""
+        """dout (N, D') -> dz (N, Z), writing the decoder's parameter gradients."""
         return self.decoder.backward(dout)
 
     # ------------------------------------------------------------------ workspaces
@@ -211,7 +223,7 @@ class VAE:
         """Buffers of one step's latent quantities for S samples of a batch of B."""
         return self._workspace(("step", S, B), lambda: StepBuffers(self.xp, self.dtype, S, B,
                                                                    self.latent_dim,
-                                                                   self.data_dim))
+                                                                   self.out_dim))
 
     # ------------------------------------------------------------------ checks at the boundary
     def check_data(self, x, name="x"):

@@ -469,8 +469,9 @@ def _describe(row):
 # -------------------------------------------------------------------------------- loading runs
 MODEL_KEYS = ("data_dim", "hidden", "latent_dim", "activation", "likelihood", "beta", "dtype",
               "seed", "device", "sigma", "learn_sigma", "objective", "samples", "estimator",
-              "baseline")
-OPTIONAL_MODEL_KEYS = {"estimator": "reparam", "baseline": "none"}    # absent from older runs
+              "baseline", "gaussian_mean", "sigma_min")
+OPTIONAL_MODEL_KEYS = {"estimator": "reparam", "baseline": "none",   # absent from older runs
+                       "gaussian_mean": "identity", "sigma_min": 1.0 / 256}
 
 
 def _param_shapes(where, cfg):
@@ -490,12 +491,13 @@ def _param_shapes(where, cfg):
                            "most 64, empty for the linear model)")
     try:
         resolve_dtype(cfg["dtype"])
-        make_likelihood("gaussian", cfg["sigma"], cfg["learn_sigma"])   # checked for any
-        lik = make_likelihood(cfg["likelihood"], cfg["sigma"], cfg["learn_sigma"])
-    except MinivaeError as e:
+        later = [cfg.get(k, OPTIONAL_MODEL_KEYS[k]) for k in ("gaussian_mean", "sigma_min")]
+        make_likelihood("gaussian", cfg["sigma"], cfg["learn_sigma"], *later)  # checked for any
+        lik = make_likelihood(cfg["likelihood"], cfg["sigma"], cfg["learn_sigma"], *later)
+    except (MinivaeError, TypeError) as e:
         raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
-    return {**mlp_shapes("enc", (D, *H, 2 * Z)), **mlp_shapes("dec", (Z, *H[::-1], D)),
-            **lik.param_shapes(D)}
+    return {**mlp_shapes("enc", (D, *H, 2 * Z)),
+            **mlp_shapes("dec", (Z, *H[::-1], lik.out_features(D))), **lik.param_shapes(D)}
 
 
 def _check_state(where, name, s):
