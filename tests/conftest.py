@@ -23,3 +23,51 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_profile))
 def rng():
     """A seeded generator, fresh for every test (no global RNG anywhere)."""
     return np.random.default_rng(20240229)
+
+
+def _real_gpu():
+    try:
+        import cupy
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:                      # no CuPy, no driver, no device
+        return False
+
+
+REAL_GPU = _real_gpu()
+
+
+@pytest.fixture(params=["fake", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not REAL_GPU, reason="needs CuPy and an NVIDIA GPU")])])
+def gpu(request):
+    """The CuPy module the GPU path runs on: the strict stand-in (tests/fakecupy.py, which runs
+    the kernels' CUDA C source on the host) everywhere, and the real CuPy where a GPU exists.
+
+    For the stand-in, ``cupy`` in sys.modules is replaced for the test and minivae's cached
+    CuPy handles are cleared before and after, so the library imports it as it would CuPy."""
+    import sys
+    from minivae import backend, kernels
+    saved = {k: sys.modules.get(k) for k in ("cupy", "minivae.kernels.cupy_gpu")}
+    saved_handles = (backend._cupy, kernels._cp)
+
+    def clear():
+        sys.modules.pop("minivae.kernels.cupy_gpu", None)
+        backend._cupy, kernels._cp = None, None
+
+    clear()
+    if request.param == "fake":
+        import fakecupy
+        sys.modules["cupy"] = fakecupy
+        fakecupy.reset_counters()
+        mod = fakecupy
+    else:
+        import cupy as mod
+    try:
+        yield mod
+    finally:
+        clear()
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+        backend._cupy, kernels._cp = saved_handles

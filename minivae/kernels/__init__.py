@@ -93,6 +93,8 @@ def _cupy(x):
     global _cp
     if MODE == "reference" or type(x).__module__.split(".")[0] != "cupy":
         return None
+    if MODE != "auto":
+        _bad_mode()
     if _cp is None:
         from . import cupy_gpu
         _cp = cupy_gpu

@@ -5,21 +5,35 @@ machine that does not use it.  Kernels are defined once, at module level; CuPy c
 on its first call for a dtype and caches the binary on disk.  float32 and float64 both work
 (the CUDA source uses the templated type T; math through CUDA's overloaded exp/log1p/tanh).
 
-Not exercised on a machine without an NVIDIA GPU: tests/test_gpu.py (marker ``gpu``) compares a
-training step and the importance-sampled estimate with the NumPy path where one exists.
+Conventions that the tests hold every kernel to:
+
+* A kernel with several outputs returns a tuple (CuPy's rule); each wrapper unpacks it.
+* NaN and +-inf come out as the reference (``reference.py``) gives them.  A comparison with NaN
+  is false, so a ternary must put NaN on the branch that keeps it: ReLU is ``v < 0 ? 0 : v``,
+  not ``v > 0 ? v : 0`` (which would turn a NaN weight into a dead unit and hide a divergence).
+* Wrappers touch only device arrays and Python scalars; nothing here reads a value back to the
+  host, so a training step queues its kernels without waiting on the GPU.
+
+How this is tested without a GPU.  ``tests/fakecupy.py`` stands in for CuPy: its
+ElementwiseKernel and ReductionKernel compile *these CUDA C bodies* for the host and run them,
+and its arrays refuse silent host/device mixing as CuPy does; ``tests/test_cupy_path.py`` runs
+every wrapper against the reference through it, and compiles every body with NVRTC for a GPU
+architecture when the ``nvrtc`` extra is installed.  On a machine with a GPU, ``pytest -m gpu``
+runs the same checks on the device.
 """
 import cupy as cp
+import numpy as np
 
 from .reference import LEAKY_SLOPE, ELU_ALPHA, LOG_2PI
 
 # y = f(h + b): h (N, H) raw, b (H,) broadcast by CuPy.
 _ACT_F = {
-    "relu": "T v = h + b; y = v > (T)0 ? v : (T)0;",
+    "relu": "T v = h + b; y = v < (T)0 ? (T)0 : v;",
     "leaky_relu": f"T v = h + b; y = v > (T)0 ? v : v * (T){LEAKY_SLOPE!r};",
     "tanh": "y = tanh(h + b);",
     "sigmoid": "T v = h + b; T e = exp(-fabs(v)); T s = (T)1 / ((T)1 + e); y = v >= (T)0 ? s : e * s;",
     "softplus": "T v = h + b; y = (v > (T)0 ? v : (T)0) + log1p(exp(-fabs(v)));",
-    "elu": f"T v = h + b; y = v > (T)0 ? v : (T){ELU_ALPHA!r} * expm1(v < (T)0 ? v : (T)0);",
+    "elu": f"T v = h + b; y = v > (T)0 ? v : (T){ELU_ALPHA!r} * expm1(v > (T)0 ? (T)0 : v);",
 }
 _ACT_G = {   # f'(x) through y
     "relu": "y > (T)0 ? (T)1 : (T)0",
@@ -118,7 +132,7 @@ def reparam_kl_backward(dz, eps, std, mu, logvar, kl_weight, out=None):
 def bernoulli_nll_grad(logits, x, scale, out=None, db=None):
     nll, g = out if out is not None else (None, None)
     term = cp.empty_like(logits)
-    g = _BERN(logits, x, logits.dtype.type(scale), term, _out(g, logits))
+    term, g = _BERN(logits, x, logits.dtype.type(scale), term, _out(g, logits))
     nll = term.sum(axis=-1, out=nll)
     if db is not None:
         g.reshape(-1, g.shape[-1]).sum(axis=0, out=db)
@@ -143,3 +157,45 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
     c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
     _ADAM(g, dt(beta1), dt(1 - beta1), dt(beta2), dt(1 - beta2), dt(lr / c1), dt(1 / c2),
           dt(eps), p, m, v)
+
+
+# Philox4x32-10 (minivae/philox.py has the algorithm and its NumPy reference): element i of draw
+# `call` of key (k0, k1) takes the counter (lo(i), hi(i), lo(call), hi(call)).
+_PHILOX_ROUNDS = """
+    unsigned long long _ii = (unsigned long long)i;
+    unsigned int r0 = (unsigned int)_ii, r1 = (unsigned int)(_ii >> 32), r2 = c2, r3 = c3;
+    unsigned int q0 = k0, q1 = k1;
+    for (int _r = 0; _r < 10; ++_r) {
+        unsigned long long p0 = 0xD2511F53ull * r0, p1 = 0xCD9E8D57ull * r2;
+        unsigned int n0 = (unsigned int)(p1 >> 32) ^ r1 ^ q0;
+        unsigned int n2 = (unsigned int)(p0 >> 32) ^ r3 ^ q1;
+        r1 = (unsigned int)p1; r3 = (unsigned int)p0; r0 = n0; r2 = n2;
+        q0 += 0x9E3779B9u; q1 += 0xBB67AE85u;
+    }
+"""
+_PHILOX_ARGS = "uint32 k0, uint32 k1, uint32 c2, uint32 c3"
+_PHILOX = {
+    "uniform": cp.ElementwiseKernel(_PHILOX_ARGS, "T y", _PHILOX_ROUNDS + """
+    if (sizeof(T) == 4) {
+        y = (T)(r0 >> 8) * (T)5.9604644775390625e-08;
+    } else {
+        y = (T)(((unsigned long long)r0 << 21) ^ (r1 >> 11)) * (T)1.1102230246251565e-16;
+    }""", "minivae_philox_uniform"),
+    "normal": cp.ElementwiseKernel(_PHILOX_ARGS, "T y", _PHILOX_ROUNDS + """
+    T u1, u2;
+    if (sizeof(T) == 4) {
+        u1 = ((T)(r0 >> 8) + (T)0.5) * (T)5.9604644775390625e-08;
+        u2 = (T)(r2 >> 8) * (T)5.9604644775390625e-08;
+    } else {
+        u1 = ((T)(((unsigned long long)r0 << 21) ^ (r1 >> 11)) + (T)0.5) * (T)1.1102230246251565e-16;
+        u2 = (T)(((unsigned long long)r2 << 21) ^ (r3 >> 11)) * (T)1.1102230246251565e-16;
+    }
+    y = sqrt((T)-2 * log(u1)) * cos((T)6.283185307179586 * u2);""", "minivae_philox_normal"),
+}
+
+
+def philox(which, key, call, out):
+    """Fill the C-contiguous array out with draw number `call` ('uniform' or 'normal')."""
+    _PHILOX[which](np.uint32(key[0]), np.uint32(key[1]), np.uint32(call & 0xFFFFFFFF),
+                   np.uint32(call >> 32), out)
+    return out
