@@ -40,8 +40,27 @@ def _import_cupy():
         except cupy.cuda.runtime.CUDARuntimeError as e:
             raise MinivaeError(f"device 'cuda': CUDA is not usable here ({e}); "
                                "use --device cpu") from None
+        _probe(cupy)
         _cupy = cupy
     return _cupy
+
+
+def _probe(cupy):
+    """Compile and launch one tiny kernel and one GEMM: a CuPy without its CUDA libraries
+    (NVRTC, cuBLAS, the headers) passes the device count and fails only at the first kernel."""
+    try:
+        k = cupy.ElementwiseKernel("T x", "T y", "y = x + (T)1;", "minivae_probe")
+        y = k(cupy.zeros(4, dtype=np.float32))
+        ok = float((y @ y).sum()) == 4.0
+    except Exception as e:                   # CompileException, ImportError of a library, ...
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise MinivaeError(
+            f"device 'cuda': CuPy {getattr(cupy, '__version__', '?')} cannot compile and run a "
+            f"kernel ({type(e).__name__}: {first}); install CuPy with its CUDA libraries: "
+            "pip install 'minivae[cuda12]' (or [cuda13] for a CUDA 13 driver)") from None
+    if not ok:
+        raise MinivaeError("device 'cuda': a test kernel gave a wrong result; the CUDA "
+                           "installation is broken (check the driver with nvidia-smi)")
 
 
 def resolve_device(device=None):
@@ -86,7 +105,8 @@ def _seed_int(v):
 
 
 def make_rng(seed, xp=np):
-    """A seeded generator for the array module xp (PCG64 on the CPU, CuPy's default on the GPU).
+    """A seeded generator for the array module xp: NumPy's PCG64 on the CPU, Philox4x32-10 on
+    the GPU (minivae.philox: counter-based, so its state is two numbers a checkpoint saves).
 
     seed: an integer >= 0, or a non-empty list/tuple of them (e.g. [seed, 3])."""
     ok = _seed_int(seed) or (isinstance(seed, (list, tuple)) and len(seed) > 0
@@ -95,7 +115,8 @@ def make_rng(seed, xp=np):
         raise MinivaeError(f"seed must be an integer >= 0 (or a list of them), got {seed!r}")
     if xp is np:
         return np.random.default_rng(seed)
-    return xp.random.default_rng(seed)
+    from .philox import Philox
+    return Philox(seed, xp)
 
 
 def to_device(x, xp, dtype=None):

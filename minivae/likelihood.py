@@ -55,7 +55,7 @@ def importance_log_likelihood(model, x, k, rng, rows=10000, progress=False):
             s = xp.zeros(B, dtype=np.float64)
             for j in range(0, k, k_step):
                 kk = min(k_step, k - j)
-                eps = rng.standard_normal((kk, B, model.latent_dim), dtype=dt)
+                eps = xp.asarray(rng.standard_normal((kk, B, model.latent_dim), dtype=dt))
                 logw, _ = log_weights(model, xb, eps)
                 logw = logw.astype(np.float64)
                 m_new = xp.maximum(m, logw.max(axis=0))

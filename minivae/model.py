@@ -251,7 +251,8 @@ class VAE:
         if eps is None:
             if rng is None:
                 raise MinivaeError("pass eps (noise of shape (S, B, Z)) or rng (a Generator)")
-            return rng.standard_normal(shape, dtype=self.dtype)
+            # a NumPy generator with a CUDA model: draw on the host, then move to the device
+            return self.xp.asarray(rng.standard_normal(shape, dtype=self.dtype))
         if not hasattr(eps, "ndim"):
             raise MinivaeError(f"eps must be an array of shape (S, {B}, {self.latent_dim}), got "
                                f"{type(eps).__name__}")
@@ -321,7 +322,7 @@ class VAE:
         if not callable(getattr(rng, "standard_normal", None)):
             raise MinivaeError(f"sample needs rng, a seeded Generator (minivae.backend.make_rng), "
                                f"got {type(rng).__name__}")
-        z = rng.standard_normal((n, self.latent_dim), dtype=self.dtype)
+        z = self.xp.asarray(rng.standard_normal((n, self.latent_dim), dtype=self.dtype))
         return self.decode(z)
 
     def elbo(self, x, eps=None, rng=None, samples=None):
