@@ -129,6 +129,9 @@ def build_parser():
                    "[default: runs/<dataset>-<time>]")
     t.add_argument("--resume", metavar="RUN_DIR", default=None,
                    help="continue an interrupted run (its config is used; --epochs may extend it)")
+    t.add_argument("--sync-every", type=_positive(int), default=20, metavar="N",
+                   help="GPU: read the loss sums and the finiteness check back every N steps "
+                        "(a NaN is then caught up to N-1 steps late, never saved); default 20")
     t.add_argument("--on-nonfinite", choices=("stop", "skip"), default="stop",
                    help="on a NaN/inf loss or gradient: stop (keeping the last checkpoint) or "
                    "skip the batch")
@@ -252,7 +255,8 @@ def cmd_train(args):
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
                            on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule,
                            warmup_steps=args.warmup_steps, capacity=args.capacity,
-                           capacity_steps=args.capacity_steps, gamma=args.gamma)
+                           capacity_steps=args.capacity_steps, gamma=args.gamma,
+                           sync_every=args.sync_every)
         tcfg.check()
         from .schedules import check_model
         check_model(tcfg, model)

@@ -30,7 +30,7 @@ def _check_lr(lr):
     return v
 
 
-def clip_grad_norm(grad, max_norm, sq_norm=None):
+def clip_grad_norm(grad, max_norm, sq_norm=None, sync=True):
     """Scale the flat gradient in place by max_norm / ||g|| when ||g|| > max_norm; returns
     ||g|| before clipping as a float (inf or nan, with grad left alone, when grad is not finite).
 
@@ -38,11 +38,22 @@ def clip_grad_norm(grad, max_norm, sq_norm=None):
     (float32 with ||g|| above ~1.8e19) it is summed again in float64, so a huge finite gradient
     is scaled to length max_norm instead of to zero.  sq_norm: float(dot(grad, grad)) when the
     caller has it already (the trainer's finiteness check), saving a pass over the buffer.
+
+    sync=False (the GPU training step): nothing is read back to the host.  ||g||^2 is summed in
+    float64 on the device (no overflow for float32 gradients), the scale min(1, max_norm/||g||)
+    is applied there, and the norm is returned as a 0-d device array.  A NaN gradient stays NaN
+    (the trainer's finiteness check sees it).
     """
     m = _real(max_norm)
     if m is None or m < 0:
         raise MinivaeError(f"max_norm must be a finite number >= 0, got {max_norm!r}")
     xp = get_array_module(grad)
+    if not sync:
+        sq = xp.dot(grad.astype(np.float64), grad.astype(np.float64)) if sq_norm is None \
+            else sq_norm
+        norm = xp.sqrt(sq)
+        grad *= xp.where(norm > m, m / norm, 1.0).astype(grad.dtype)
+        return norm
     if sq_norm is None:
         sq_norm = float(xp.dot(grad, grad))
     if not math.isfinite(sq_norm):

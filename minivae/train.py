@@ -7,12 +7,23 @@ A run directory holds
     checkpoint.npz     the latest checkpoint (atomic; see checkpoint.py)
     *.png              figures (plots.py)
 
-Randomness: one host generator (``data_rng``) orders the data and draws the dynamic
-binarisation; one generator of the model's array module (``noise_rng``) draws the
-reparameterisation noise.  Both states are checkpointed, with the epoch's permutation and the
-step, so that on the CPU an interrupted and resumed run ends bit-for-bit where an uninterrupted
-run does.  The library core prints nothing: progress goes through the ``log`` callback and an
-optional tqdm bar.
+Randomness: one host generator (``data_rng``, PCG64) orders the data.  A run started on the
+CPU draws the dynamic binarisation from it too and its reparameterisation noise from a second
+PCG64 (``noise_rng``); a run started on the GPU draws both on the device from Philox4x32-10
+generators (``bin_rng``, ``noise_rng``; see philox.py), so no batch or noise crosses the bus.
+Every state is checkpointed, with the epoch's permutation and the step, so an interrupted and
+resumed run ends where an uninterrupted run does (bit-for-bit on the CPU, within float32
+round-off on the GPU), and a run resumed on the other device keeps its generators: their draws
+are the same on both (a host generator's draws are copied to the device, a Philox draws where it
+is).
+
+The GPU path does not wait on the device inside a step: the running sums of the loss terms and
+a "some step was not finite" flag stay on the device and are read every ``sync_every`` steps
+(and at the end of an epoch, and before a checkpoint).  A non-finite step is therefore seen up to
+``sync_every - 1`` steps late; the run then stops without saving, so the last checkpoint is the
+last good one.  ``on_nonfinite='skip'`` needs the answer before the update, so it checks every
+step, as the CPU path always does.  The library core prints nothing: progress goes through the
+``log`` callback and an optional tqdm bar.
 """
 import json
 import math
@@ -25,13 +36,14 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from . import checkpoint, schedules
-from .backend import make_rng, resolve_dtype, to_device
+from .backend import get_array_module, make_rng, resolve_dtype, to_device, to_host
 from .errors import MinivaeError
 from .layers import mlp_shapes
 from .likelihoods import make_likelihood
 from .model import VAE
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 from .params import ParamBuffer
+from .philox import Philox, rng_state
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
@@ -64,6 +76,7 @@ class TrainConfig:
     capacity: float | None = None    # C_max (nats): the capacity-controlled objective
     capacity_steps: int = 0          # C = capacity * min(1, step / capacity_steps)
     gamma: float = 1000.0            # weight of |KL - C| (Burgess et al. 2018 use 1000)
+    sync_every: int = 20             # GPU: read the running sums and finiteness every N steps
 
     def lr_at(self, epoch):
         """The learning rate of epoch `epoch` (0-based).  'iwae' is the schedule of Burda et al.
@@ -79,7 +92,7 @@ class TrainConfig:
 
     def check(self):
         """self, after checking every field; a bad one raises a one-line MinivaeError."""
-        for name in ("epochs", "batch_size", "eval_batch"):
+        for name in ("epochs", "batch_size", "eval_batch", "sync_every"):
             v = getattr(self, name)
             lo = 0 if name == "epochs" else 1
             if not _is_int(v, lo):
@@ -123,14 +136,14 @@ def evaluate(model, x, rng, batch=1000, samples=1):
         raise MinivaeError(f"x must be an array of at least one example, got "
                            f"{getattr(x, 'shape', type(x).__name__)}")
     xp = model.xp
-    tot = {"rec": 0.0, "kl": 0.0}
+    tot = xp.zeros(2, dtype=np.float64)   # summed on the device; read back once at the end
     for i in range(0, len(x), batch):
         xb = to_device(x[i:i + batch], xp, model.dtype)
         t = model.elbo(xb, rng=rng, samples=samples)
-        tot["rec"] += float(-xp.sum(t.rec))
-        tot["kl"] += float(xp.sum(t.kl))
+        tot[0] += -xp.sum(t.rec)
+        tot[1] += xp.sum(t.kl)
     n = len(x)
-    rec, kl = tot["rec"] / n, tot["kl"] / n
+    rec, kl = (float(v) / n for v in to_host(tot))
     return {"loss": rec + model.beta * kl, "rec": rec, "kl": kl, "elbo": -(rec + kl)}
 
 
@@ -158,6 +171,9 @@ class Trainer:
         self.opt = make_optimizer(config.optimizer, model.buffer, config.lr)
         self.data_rng = np.random.default_rng([config.seed, 1])
         self.noise_rng = make_rng([config.seed, 2], model.xp)
+        # GPU runs binarise on the device; CPU runs draw the binarisation from data_rng
+        self.bin_rng = Philox([config.seed, 1], model.xp) if model.xp is not np else None
+        self._device_data = {}                # split -> the split's images on the model's device
         self.epoch, self.step, self.perm = 0, 0, None
         self.global_step = 0
         self._stop_signal = None
@@ -190,8 +206,8 @@ class Trainer:
                     image_shape=list(self.data.image_shape), epoch=self.epoch, step=self.step,
                     global_step=self.global_step, opt=dict(scalars, lr=self.opt.lr),
                     data_rng=self.data_rng.bit_generator.state,
-                    noise_rng=(self.noise_rng.bit_generator.state
-                               if isinstance(self.noise_rng, np.random.Generator) else None),
+                    noise_rng=rng_state(self.noise_rng),
+                    bin_rng=None if self.bin_rng is None else self.bin_rng.state,
                     epoch_totals=dict(sums=[float(s) for s in self._sums], n=self._n_done,
                                       skipped=self._skipped, seconds=self._seconds))
 
@@ -251,8 +267,7 @@ class Trainer:
         self.epoch, self.step, self.perm = epoch, step, perm
         self.global_step = int(meta.get("global_step", 0))
         self.data_rng.bit_generator.state = meta["data_rng"]
-        if meta.get("noise_rng") is not None and isinstance(self.noise_rng, np.random.Generator):
-            self.noise_rng.bit_generator.state = meta["noise_rng"]
+        self._restore_generators(meta)
         tot = meta.get("epoch_totals")
         self._reset_epoch_totals()
         if tot is not None and perm is not None:
@@ -262,6 +277,37 @@ class Trainer:
         self._restored = True
         self._saved_at = (epoch, step)
         self._trim_metrics()
+
+    def _restore_generators(self, meta):
+        """The noise and binarisation generators of the checkpoint, on this model's device.
+
+        A run keeps the kind of generator it started with, whichever device resumes it: a CPU
+        run's PCG64 draws on the host (copied to a GPU), a GPU run's Philox draws where it is.
+        A checkpoint of a GPU run written before generator states were saved (noise_rng None)
+        restarts the device noise from its seed."""
+        xp, seed = self.model.xp, self.cfg.seed
+        noise, binar = meta.get("noise_rng"), meta.get("bin_rng")
+        if isinstance(noise, dict) and noise.get("kind") == Philox.kind:
+            self.noise_rng = Philox.from_state(noise, xp)
+            self.bin_rng = (Philox.from_state(binar, xp) if binar is not None
+                            else Philox([seed, 1], xp))
+        elif noise is not None:
+            self.noise_rng = np.random.default_rng([seed, 2])
+            self.noise_rng.bit_generator.state = noise
+            self.bin_rng = None
+
+    def _on_device(self, split):
+        """The split's images on the model's device, uploaded once and kept (when they fit in
+        half of the free device memory; else None and batches are copied one by one)."""
+        xp = self.model.xp
+        if xp is np:
+            return getattr(self.data, split)
+        if split not in self._device_data:
+            x = getattr(self.data, split)
+            free = _free_device_bytes(xp)
+            self._device_data[split] = (xp.asarray(x) if x is not None and len(x)
+                                        and x.nbytes <= free // 2 else None)
+        return self._device_data[split]
 
     def _trim_metrics(self):
         """Drop metric rows written after the checkpoint (a crash between the two writes)."""
@@ -295,8 +341,14 @@ class Trainer:
         for split in ("valid", "test"):
             x = getattr(self.data, split)
             if x is not None and len(x):
-                rng = make_rng([self.cfg.seed, 3], self.model.xp)
-                out[split] = evaluate(self.model, x, rng, self.cfg.eval_batch)
+                # the run's kind of generator, so a resumed run evaluates with the same noise
+                # on either device
+                rng = (Philox([self.cfg.seed, 3], self.model.xp)
+                       if isinstance(self.noise_rng, Philox) else np.random.default_rng(
+                           [self.cfg.seed, 3]))
+                xd = self._on_device(split)
+                out[split] = evaluate(self.model, x if xd is None else xd, rng,
+                                      self.cfg.eval_batch)
         return out
 
     def _row(self, epoch, train, seconds):
@@ -365,52 +417,33 @@ class Trainer:
             self._reset_epoch_totals()
             self.opt.lr = cfg.lr_at(self.epoch)
         dynamic = data.binarize == "dynamic"
-        S, Z = model.samples, model.latent_dim
         t0 = time.perf_counter() - self._seconds
         bar = None
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}",
                        leave=False, unit="step", dynamic_ncols=True)
-        buffers = {}            # batch size -> (x, uniforms, eps): the loop allocates nothing
-
-        def batch_buffers(n):
-            if n not in buffers:
-                D = data.train.shape[1]
-                buffers[n] = (np.empty((n, D), data.train.dtype), np.empty((n, D), np.float32),
-                              np.empty((S, n, Z), model.dtype) if xp is np else None)
-            return buffers[n]
-
+        batches = _Batches(self, dynamic)
+        device = xp is not np and cfg.on_nonfinite == "stop"   # no host reads inside a step
+        pending = _Pending(xp) if device else None
         try:
             while self.step < steps:
                 idx = self.perm[self.step * bs:(self.step + 1) * bs]
-                xb, u, eps = batch_buffers(len(idx))
-                np.take(data.train, idx, axis=0, out=xb)
-                if dynamic:     # the draws of binarize_batch: rng.random(shape, float32) < x
-                    self.data_rng.random(out=u, dtype=np.float32)
-                    np.less(u, xb, out=xb)
-                xb = to_device(xb, xp, model.dtype)
-                if eps is not None:
-                    self.noise_rng.standard_normal(out=eps, dtype=model.dtype)
-                else:
-                    eps = self.noise_rng.standard_normal((S, len(idx), Z), dtype=model.dtype)
+                xb, eps = batches.next(self.step * bs, len(idx))
                 terms = model.forward_backward(xb, eps, **schedules.objective_args(
                     cfg, model.beta, self.global_step))
-                loss = float(terms.loss)
-                g = model.buffer.grad
-                gnorm2 = float(xp.dot(g, g))
-                finite_g = math.isfinite(gnorm2) or bool(xp.isfinite(g).all())  # dot can overflow
-                if math.isfinite(loss) and finite_g:
+                if device:
+                    pending.add(len(idx), terms, model.buffer.grad)
                     if cfg.clip > 0:
-                        clip_grad_norm(g, cfg.clip, sq_norm=gnorm2)
+                        clip_grad_norm(model.buffer.grad, cfg.clip, sync=False)
                     self.opt.step()
-                    self._sums += (len(idx) * loss, len(idx) * float(terms.rec),
-                                   len(idx) * float(terms.kl))
-                    self._n_done += len(idx)
                 else:
-                    self._nonfinite(loss)
+                    self._host_step(len(idx), terms)
                 self.step += 1
                 self.global_step += 1
+                last = self.step == steps or self._stop_signal is not None
+                if device and (last or pending.steps >= cfg.sync_every):
+                    self._settle(pending)
                 if bar is not None:
                     bar.update(1)
                     if self.step % 20 == 0 and self._n_done:    # the epoch's running mean
@@ -435,11 +468,42 @@ class Trainer:
         self.save()
         return row
 
-    def _nonfinite(self, loss):
+    def _host_step(self, n, terms):
+        """Check the step on the host, then update (or skip, or stop): the CPU path, and the
+        GPU path with on_nonfinite='skip'."""
+        xp, cfg = self.model.xp, self.cfg
+        loss = float(terms.loss)
+        g = self.model.buffer.grad
+        gnorm2 = float(xp.dot(g, g))
+        finite_g = math.isfinite(gnorm2) or bool(xp.isfinite(g).all())  # dot can overflow
+        if math.isfinite(loss) and finite_g:
+            if cfg.clip > 0:
+                clip_grad_norm(g, cfg.clip, sq_norm=gnorm2)
+            self.opt.step()
+            self._sums += (n * loss, n * float(terms.rec), n * float(terms.kl))
+            self._n_done += n
+        else:
+            self._nonfinite(loss)
+
+    def _settle(self, pending):
+        """Read the device's running sums and flag (one transfer); stop if a step was not finite."""
+        k = pending.steps
+        sums, bad, n = pending.read()
+        if bad:
+            self._nonfinite(math.nan, steps=(self.global_step - k, self.global_step))
+        self._sums += sums
+        self._n_done += n
+
+    def _nonfinite(self, loss, steps=None):
         """A NaN/inf loss or gradient at the current step: stop, or skip the batch."""
         what = "loss" if not math.isfinite(loss) else "gradient"
-        msg = (f"non-finite {what} at epoch {self.epoch + 1} step {self.step + 1} "
-               f"(global step {self.global_step + 1}): {_CAUSES.format(lr=self.opt.lr)}")
+        if steps is None:
+            msg = (f"non-finite {what} at epoch {self.epoch + 1} step {self.step + 1} "
+                   f"(global step {self.global_step + 1}): {_CAUSES.format(lr=self.opt.lr)}")
+        else:   # seen at a device read: somewhere in global steps first+1 .. last
+            msg = (f"non-finite loss or gradient in epoch {self.epoch + 1}, between global steps "
+                   f"{steps[0] + 1} and {steps[1]} (read every --sync-every steps): "
+                   f"{_CAUSES.format(lr=self.opt.lr)}")
         if self.cfg.on_nonfinite == "skip":
             if bool(self.model.xp.isfinite(self.model.buffer.data).all()):
                 self._skipped += 1
@@ -447,6 +511,80 @@ class Trainer:
                 return
             msg += " (the parameters themselves are no longer finite, so skipping cannot help)"
         raise Diverged(f"{msg}; {self._last_good()}")
+
+
+class _Batches:
+    """The training batches of one epoch, with their noise, on the model's device.
+
+    CPU: gathered into reused host buffers and binarised with data_rng (the draws of
+    data.binarize_batch), noise from noise_rng.  GPU: gathered from the training set resident
+    on the device (uploaded once), binarised there with bin_rng, noise drawn there.  A host
+    generator on a GPU (a CPU run resumed there) or a training set too large for the device
+    work too, at the cost of one copy per array per step."""
+
+    def __init__(self, trainer, dynamic):
+        t, m = trainer, trainer.model
+        self.t, self.m, self.xp, self.dynamic = t, m, m.xp, dynamic
+        self.train = t._on_device("train")
+        self.resident = self.train is not None
+        if not self.resident:
+            self.train = t.data.train
+        self.perm = self.xp.asarray(t.perm) if self.resident and self.xp is not np else t.perm
+        self.bin_rng = t.bin_rng if t.bin_rng is not None else t.data_rng
+        self.buffers = {}       # batch size -> reused arrays: the loop allocates nothing
+
+    def _buf(self, n):
+        if n not in self.buffers:
+            m, D, dt = self.m, self.t.data.train.shape[1], self.t.data.train.dtype
+            xm = get_array_module(self.train)
+            um = getattr(self.bin_rng, "xp", np)
+            em = getattr(self.t.noise_rng, "xp", np)
+            self.buffers[n] = (xm.empty((n, D), dt), um.empty((n, D), np.float32),
+                               em.empty((m.samples, n, m.latent_dim), m.dtype))
+        return self.buffers[n]
+
+    def next(self, start, n):
+        x, u, eps = self._buf(n)
+        xm = get_array_module(x)
+        xm.take(self.train, self.perm[start:start + n], axis=0, out=x)
+        if self.dynamic:        # x ~ Bernoulli(x): a uniform u < x, as data.binarize_batch
+            self.bin_rng.random(out=u, dtype=np.float32)
+            if xm is not get_array_module(u):         # one side on the host: move it over
+                x, u = to_device(x, self.xp), to_device(u, self.xp)
+                xm = self.xp
+            xm.less(u, x, out=x)
+        self.t.noise_rng.standard_normal(out=eps, dtype=self.m.dtype)
+        return to_device(x, self.xp, self.m.dtype), to_device(eps, self.xp, self.m.dtype)
+
+
+class _Pending:
+    """Running sums (n * loss, n * rec, n * kl) and a not-finite count, kept on the device."""
+
+    def __init__(self, xp):
+        self.xp, self.acc = xp, xp.zeros(4, dtype=np.float64)
+        self.steps, self.n = 0, 0
+
+    def add(self, n, terms, grad):
+        xp = self.xp
+        ok = xp.isfinite(terms.loss) & xp.isfinite(grad).all()
+        self.acc += xp.stack((terms.loss * n, terms.rec * n, terms.kl * n,
+                              (~ok).astype(terms.loss.dtype)))
+        self.steps, self.n = self.steps + 1, self.n + n
+
+    def read(self):
+        """(sums (3,), any step not finite, images covered); resets.  The one host read."""
+        v = to_host(self.acc)
+        out = (v[:3], bool(v[3] > 0), self.n)
+        self.acc[...] = 0
+        self.steps, self.n = 0, 0
+        return out
+
+
+def _free_device_bytes(xp):
+    try:
+        return int(xp.cuda.Device().mem_info[0])
+    except Exception:           # a device module without memory queries: do not upload
+        return 0
 
 
 _CAUSES = ("lower the learning rate (now {lr:g}) or set --clip; a log-variance beyond the "
@@ -549,8 +687,16 @@ def _check_meta(where, meta):
             and ("lr" not in o or (_is_real(o["lr"]) and math.isfinite(o["lr"]) and o["lr"] > 0))):
         raise MinivaeError(f"{where}: its optimiser record {str(o)[:80]} is malformed")
     _check_state(where, "data", meta["data_rng"])
-    if meta.get("noise_rng") is not None:
-        _check_state(where, "noise", meta["noise_rng"])
+    for name in ("noise", "bin"):
+        st = meta.get(f"{name}_rng")
+        if isinstance(st, dict) and st.get("kind") == Philox.kind:
+            try:
+                Philox.from_state(st)
+            except MinivaeError:
+                raise MinivaeError(f"{where}: its {name} generator state is malformed; the file "
+                                   "is damaged") from None
+        elif st is not None:
+            _check_state(where, name, st)
     tot = meta.get("epoch_totals")
     if tot is not None and not (
             isinstance(tot, dict) and isinstance(tot.get("sums"), list) and len(tot["sums"]) == 3
