@@ -115,9 +115,16 @@ def build_parser():
     t.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
     t.add_argument("--k", "--samples", dest="samples", type=_positive(int), default=1,
                    help="Monte Carlo samples per example (the K of --objective iwae)")
-    t.add_argument("--estimator", choices=("reparam", "score"), default="reparam",
-                   help="the encoder's gradient: reparameterised, or the score function "
-                   "(REINFORCE; high variance: use --k 8 --baseline mean)")
+    t.add_argument("--latent", choices=("gaussian", "bernoulli"), default="gaussian",
+                   help="q(z|x): diagonal Gaussian, or K = --latent-dim independent Bernoulli "
+                   "latents (evaluated exactly by enumeration when K <= 16)")
+    t.add_argument("--estimator", choices=("reparam", "score", "relaxed"), default=None,
+                   help="the encoder's gradient: reparam (Gaussian), score (the score function, "
+                   "REINFORCE; high variance: use --k 8 --baseline mean), relaxed (Bernoulli "
+                   "latents: the Concrete relaxation at --temperature) [default: reparam for "
+                   "Gaussian latents, score for Bernoulli]")
+    t.add_argument("--temperature", type=_positive(float), default=None,
+                   help="--estimator relaxed: the Concrete temperature tau [default: 0.5]")
     t.add_argument("--baseline", choices=("none", "mean"), default="none",
                    help="--estimator score's control variate: none, or the leave-one-out mean "
                    "of the other --k samples of each example (--k >= 2)")
@@ -214,7 +221,6 @@ def _load_data(name, data_dir, binarize, valid_size, seed):
 
 
 def cmd_train(args):
-    from .model import VAE
     from .train import TrainConfig, Trainer, load_run, read_metrics
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -246,11 +252,7 @@ def cmd_train(args):
     else:
         _resolve(args)
         data = _load_data(args.dataset, args.data_dir, args.binarize, args.valid_size, args.seed)
-        model = VAE(data.dim, args.hidden, args.latent_dim, args.activation, args.likelihood,
-                    args.beta, args.dtype, args.seed, args.device, args.sigma, args.learn_sigma,
-                    args.objective, args.samples, estimator=args.estimator,
-                    baseline=args.baseline, gaussian_mean=args.gaussian_mean,
-                    sigma_min=args.sigma_min)
+        model = _make_model(args, data.dim)
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
                            on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule,
@@ -287,15 +289,64 @@ def cmd_train(args):
         summary[f"{held}_elbo_before"] = round(rows[0][f"{held}_elbo"], 3)
         summary[f"{held}_elbo_after"] = round(rows[-1][f"{held}_elbo"], 3)
     if data.test is not None or data.valid is not None:
-        from .likelihood import active_units
-        summary["active_units"] = active_units(
-            model, data.test if data.test is not None else data.valid)[0]
-    if args.iwae:
+        if _discrete(model):
+            summary.update(_discrete_summary(model, data, args.iwae, args.iwae_n, args.seed))
+        else:
+            from .likelihood import active_units
+            summary["active_units"] = active_units(
+                model, data.test if data.test is not None else data.valid)[0]
+    if args.iwae and not _discrete(model):
         summary.update(_iwae_summary(model, data, args.iwae, args.iwae_n, args.seed,
                                      not args.no_progress))
     log(json.dumps(summary))
     print(f"trained {trainer.epoch} epochs in {wall:.1f} s; run directory: {run_dir}")
     return 0
+
+
+def _make_model(args, data_dim):
+    from .model import VAE
+    if args.latent == "bernoulli":
+        from .discrete import DiscreteVAE
+        given = [opt for opt, bad in (("--likelihood gaussian", args.likelihood != "bernoulli"),
+                                      ("--beta", args.beta != 1.0),
+                                      ("--objective iwae", args.objective != "elbo"),
+                                      ("--warmup-steps", bool(args.warmup_steps)),
+                                      ("--capacity", args.capacity is not None))
+                 if bad]
+        if given:
+            raise MinivaeError(f"{', '.join(given)} applies to Gaussian latents only; drop it "
+                               "with --latent bernoulli")
+        estimator = args.estimator or "score"
+        if args.temperature is not None and estimator != "relaxed":
+            raise MinivaeError("--temperature applies to --estimator relaxed only")
+        return DiscreteVAE(data_dim, args.hidden, args.latent_dim, args.activation, args.dtype,
+                           args.seed, args.device, samples=args.samples, estimator=estimator,
+                           baseline=args.baseline,
+                           temperature=0.5 if args.temperature is None else args.temperature)
+    if args.estimator == "relaxed" or args.temperature is not None:
+        raise MinivaeError("--estimator relaxed and --temperature need --latent bernoulli (a "
+                           "Gaussian latent is reparameterised exactly)")
+    return VAE(data_dim, args.hidden, args.latent_dim, args.activation, args.likelihood,
+               args.beta, args.dtype, args.seed, args.device, args.sigma, args.learn_sigma,
+               args.objective, args.samples, estimator=args.estimator or "reparam",
+               baseline=args.baseline, gaussian_mean=args.gaussian_mean, sigma_min=args.sigma_min)
+
+
+def _discrete(model):
+    return getattr(model, "config", {}).get("latent") == "bernoulli"
+
+
+def _discrete_summary(model, data, k, n, seed):
+    """The Bernoulli-latent model's held-out ELBO and log p(x): exact by enumeration for
+    K <= 16, else importance-sampled with k (default 1000) samples."""
+    from .backend import make_rng
+    x = data.test if data.test is not None else data.valid
+    x = x[:n] if n else x
+    t0 = time.perf_counter()
+    res = model.evaluate(x, make_rng([seed, 4], model.xp), samples=k or 1000)
+    kind = "exact" if res["exact"] else f"is{res['samples']}"
+    return {f"{kind}_elbo": round(res["elbo"], 3), f"{kind}_logpx": round(res["logpx"], 3),
+            "eval_n": res["n"], "eval_s": round(time.perf_counter() - t0, 2)}
 
 
 def _iwae_summary(model, data, k, n, seed, progress):
@@ -343,7 +394,12 @@ def cmd_eval(args):
     res = {"run": args.run, "split": args.split, "n": len(x)}
     res.update({f"{k}": round(v, 4) for k, v in
                 evaluate(model, x, make_rng([args.seed, 3], model.xp)).items()})
-    if args.iwae:
+    if _discrete(model):
+        t0 = time.perf_counter()
+        ev = model.evaluate(x, make_rng([args.seed, 4], model.xp), samples=args.iwae or 1000)
+        res.update({"exact": ev["exact"], "elbo_exact" if ev["exact"] else "elbo_is": ev["elbo"],
+                    "logpx": round(ev["logpx"], 4), "eval_s": round(time.perf_counter() - t0, 2)})
+    elif args.iwae:
         from .likelihood import importance_log_likelihood
         t0 = time.perf_counter()
         ll = importance_log_likelihood(model, x, args.iwae, make_rng([args.seed, 4], model.xp),
@@ -357,7 +413,12 @@ def cmd_eval(args):
     else:
         print(f"{args.split} ({len(x)} images): ELBO {res['elbo']:.3f} nats "
               f"(reconstruction {-res['rec']:.3f}, KL {res['kl']:.3f})")
-        if args.iwae:
+        if _discrete(model):
+            how = ("exact, all 2^K states" if res["exact"] else
+                   f"importance sampling, {args.iwae or 1000} samples")
+            print(f"ELBO {res.get('elbo_exact', res.get('elbo_is')):.3f}, log p(x) "
+                  f"{res['logpx']:.3f} nats ({how}, {res['eval_s']:.1f} s)")
+        elif args.iwae:
             print(f"log p(x) ~ {res['logpx']:.3f} nats (IWAE, K={args.iwae}, "
                   f"{res['iwae_s']:.1f} s); gap to the ELBO {res['logpx'] - res['elbo']:.3f}")
     return 0

@@ -152,9 +152,8 @@ class VAE:
         self.beta, self.objective, self.samples = float(beta), objective, self.config["samples"]
         self.estimator, self.baseline = estimator, baseline
 
-        enc_sizes = (data_dim, *hidden, 2 * latent_dim)
         self.out_dim = self.likelihood.out_features(data_dim)
-        dec_sizes = (latent_dim, *hidden[::-1], self.out_dim)
+        enc_sizes, dec_sizes = self._layout(data_dim, hidden, latent_dim, self.out_dim)
         shapes = {**mlp_shapes("enc", enc_sizes), **mlp_shapes("dec", dec_sizes),
                   **self.likelihood.param_shapes(data_dim)}
         self.buffer = ParamBuffer(shapes, xp=self.xp, dtype=self.dtype)
@@ -163,6 +162,17 @@ class VAE:
         self.likelihood.bind(self.buffer)
         self._workspaces = {}       # (what, sizes) -> FusedMLP or StepBuffers, reused step to step
         self.reset_parameters(seed)
+
+    def _layout(self, data_dim, hidden, latent_dim, out_dim):
+        """The encoder's and decoder's layer widths: D -> H.. -> 2Z (mu, logvar), Z -> ..H -> the
+        likelihood's out_dim outputs."""
+        return (data_dim, *hidden, 2 * latent_dim), (latent_dim, *hidden[::-1], out_dim)
+
+    def draw_noise(self, rng, shape=None, out=None):
+        """The noise of a step (S, B, Z): standard normal draws from rng, into out when given."""
+        if out is not None:
+            return rng.standard_normal(out=out, dtype=self.dtype)
+        return rng.standard_normal(shape, dtype=self.dtype)
 
     # ------------------------------------------------------------------ parameters
     @property

@@ -553,7 +553,7 @@ class _Batches:
                 x, u = to_device(x, self.xp), to_device(u, self.xp)
                 xm = self.xp
             xm.less(u, x, out=x)
-        self.t.noise_rng.standard_normal(out=eps, dtype=self.m.dtype)
+        self.m.draw_noise(self.t.noise_rng, out=eps)
         return to_device(x, self.xp, self.m.dtype), to_device(eps, self.xp, self.m.dtype)
 
 
@@ -610,23 +610,41 @@ MODEL_KEYS = ("data_dim", "hidden", "latent_dim", "activation", "likelihood", "b
               "baseline", "gaussian_mean", "sigma_min")
 OPTIONAL_MODEL_KEYS = {"estimator": "reparam", "baseline": "none",   # absent from older runs
                        "gaussian_mean": "identity", "sigma_min": 1.0 / 256}
+DISCRETE_MODEL_KEYS = ("latent", "data_dim", "hidden", "latent_dim", "activation", "dtype", "seed",
+                       "device", "samples", "estimator", "baseline", "temperature")
+
+
+def model_from_config(cfg):
+    """The model a saved config describes: a VAE, or a DiscreteVAE (latent 'bernoulli')."""
+    if cfg.get("latent") == "bernoulli":
+        from .discrete import DiscreteVAE
+        return DiscreteVAE(**{k: v for k, v in cfg.items() if k != "latent"})
+    return VAE(**cfg)
 
 
 def _param_shapes(where, cfg):
     """name -> shape of the parameters the model config describes, computed without building
     the model (so a hostile config cannot make us allocate): the layout of VAE.__init__,
     encoder D -> H1.. -> 2Z, decoder Z -> ..H1 -> D, then the likelihood's own parameters."""
-    if not isinstance(cfg, dict) or not (set(MODEL_KEYS) - set(OPTIONAL_MODEL_KEYS) <= set(cfg)
-                                         <= set(MODEL_KEYS)):
+    discrete = isinstance(cfg, dict) and cfg.get("latent") == "bernoulli"
+    keys, optional = (DISCRETE_MODEL_KEYS, ()) if discrete else (MODEL_KEYS, OPTIONAL_MODEL_KEYS)
+    if not isinstance(cfg, dict) or not (set(keys) - set(optional) <= set(cfg) <= set(keys)):
         got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
         raise MinivaeError(f"{where}: its model config has keys {got}, needs "
-                           f"{sorted(MODEL_KEYS)}; the file is damaged or from another program")
+                           f"{sorted(keys)}; the file is damaged or from another program")
     D, Z, H = cfg["data_dim"], cfg["latent_dim"], cfg["hidden"]
     if not (_is_int(D, 1) and _is_int(Z, 1) and isinstance(H, list) and len(H) <= 64
             and all(_is_int(h, 1) for h in H)):
         raise MinivaeError(f"{where}: its model config has data_dim {D!r}, latent_dim {Z!r}, "
                            f"hidden {H!r}; each must be positive integers (hidden: a list of at "
                            "most 64, empty for the linear model)")
+    if discrete:
+        try:
+            resolve_dtype(cfg["dtype"])
+        except MinivaeError as e:
+            raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
+        from .discrete import discrete_param_shapes
+        return discrete_param_shapes(cfg)
     try:
         resolve_dtype(cfg["dtype"])
         later = [cfg.get(k, OPTIONAL_MODEL_KEYS[k]) for k in ("gaussian_mean", "sigma_min")]
@@ -739,7 +757,7 @@ def load_run(path, device=None):
     if device is not None:
         cfg["device"] = device
     try:
-        model = VAE(**cfg)
+        model = model_from_config(cfg)
     except TypeError as e:
         raise MinivaeError(f"{ck}: its model config does not build a VAE ({e}); the file is "
                            "damaged or from another program") from None
