@@ -122,15 +122,53 @@ def _check_args(n, size, kinds):
     return int(n), int(size), kinds
 
 
-def draw_factors(n, rng, n_kinds=len(KINDS)):
-    """The five factors of n images, uniform over the ranges in the module docstring (float64)."""
-    return {
+FACTORS = ("shape", "scale", "rotation", "x", "y")
+RANGES = {"scale": SCALE_RANGE, "rotation": ROTATION_RANGE, "x": POSITION_RANGE,
+          "y": POSITION_RANGE}
+# dSprites' grid (Matthey et al. 2017): 6 scales, 40 rotations, 32 x 32 positions (3 shapes)
+DSPRITES_LEVELS = {"scale": 6, "rotation": 40, "x": 32, "y": 32}
+
+
+def level_values(name, levels):
+    """The values of a continuous factor on a grid of ``levels``: equally spaced from the low
+    end of its range to the high end (rotation: 2 pi k / levels, k < levels, since 2 pi is 0)."""
+    lo, hi = RANGES[name]
+    if name == "rotation":
+        return lo + (hi - lo) * np.arange(levels) / levels
+    return np.linspace(lo, hi, levels) if levels > 1 else np.array([(lo + hi) / 2])
+
+
+def draw_factors(n, rng, n_kinds=len(KINDS), levels=None):
+    """The five factors of n images, uniform over the ranges in the module docstring (float64).
+
+    levels: None (the default, the training data: continuous uniform draws), or a dict such as
+    DSPRITES_LEVELS giving a factor a dSprites-like grid of that many values (``level_values``),
+    drawn uniformly; factors it does not name stay continuous.
+    """
+    out = {
         "shape": rng.integers(0, n_kinds, size=n),
         "scale": rng.uniform(*SCALE_RANGE, size=n),
         "rotation": rng.uniform(*ROTATION_RANGE, size=n),
         "x": rng.uniform(*POSITION_RANGE, size=n),
         "y": rng.uniform(*POSITION_RANGE, size=n),
     }
+    for name, count in (levels or {}).items():
+        if name not in RANGES or isinstance(count, bool) or not isinstance(
+                count, (int, np.integer)) or count < 1:
+            raise MinivaeError(f"draw_factors: levels must map factor names from "
+                               f"{', '.join(RANGES)} to positive integers, got {levels!r}")
+        out[name] = level_values(name, int(count))[rng.integers(0, count, size=n)]
+    return out
+
+
+def draw_with_fixed(name, n, rng, n_kinds=len(KINDS), levels=None):
+    """Factors of n images sharing one value of factor ``name`` (itself drawn from the factor's
+    distribution), the other factors drawn independently: one vote of the FactorVAE score."""
+    if name not in FACTORS:
+        raise MinivaeError(f"unknown factor {name!r}: choose one of {', '.join(FACTORS)}")
+    out = draw_factors(n, rng, n_kinds, levels)
+    out[name] = np.full(n, draw_factors(1, rng, n_kinds, levels)[name][0])
+    return out
 
 
 def render(factors, size=32, kinds=KINDS, dtype=np.float32):
