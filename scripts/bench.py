@@ -3,6 +3,7 @@
     python scripts/bench.py                                  # both standard models, batch 128
     python scripts/bench.py --arch 784-400-20:relu --batch 512 --epochs 3
     python scripts/bench.py --peer                           # + the PyTorch peer, side by side
+    python scripts/bench.py --device cuda [bench_gpu options]  # the GPU benchmark (bench_gpu.py)
 
 Per model (``784-400-20:relu`` and ``784-200-200-50:tanh`` by default; ``DIMS:ACT``):
   train     epoch time (median over the epochs after the first, which warms up) of
@@ -175,6 +176,17 @@ def run_json(cmd, env):
 
 
 def main():
+    if "--device" in sys.argv:                    # the GPU benchmark lives in bench_gpu.py
+        i = sys.argv.index("--device")
+        device = sys.argv[i + 1] if i + 1 < len(sys.argv) else ""
+        rest = sys.argv[1:i] + sys.argv[i + 2:]
+        if device == "cuda":
+            sys.path.insert(0, HERE)
+            import bench_gpu
+            return bench_gpu.main(rest)
+        if device != "cpu":
+            raise SystemExit(f"bench: --device must be cpu or cuda, got {device!r}")
+        sys.argv[1:] = rest
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--arch", nargs="+", default=["784-400-20:relu", "784-200-200-50:tanh"],

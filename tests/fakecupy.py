@@ -205,6 +205,8 @@ def get_array_module(*args):
 
 
 def __getattr__(name):                            # cupy.exp, cupy.empty, cupy.float32, ...
+    if name.startswith("__"):
+        raise AttributeError(name)
     if name in ("random", "fft", "linalg", "fuse", "RawKernel", "RawModule"):
         raise AttributeError(f"fakecupy has no {name}: minivae is not expected to use it")
     v = getattr(_np, name)
