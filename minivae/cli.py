@@ -19,18 +19,33 @@ PRESETS = {
     "mnist-iwae-200-200-50": dict(dataset="mnist", hidden="200,200", latent_dim=50,
                                   activation="tanh", batch_size=20, lr=1e-3, binarize="dynamic",
                                   lr_schedule="iwae", epochs=3280),
+    # the conv VAE of the beta-VAE papers (Higgins et al. 2017, Burgess et al. 2018): 4 conv
+    # layers of 32 channels, 4x4 kernels, stride 2, dense 256-256, 10 latents (there on 64x64)
+    "conv-burgess": dict(dataset="shapes", arch="conv", channels="32,32,32,32", kernel=4,
+                         stride=2, hidden="256,256", latent_dim=10, activation="relu"),
+    # its two-layer form for 28x28 (two stride-2 layers: 28 -> 14 -> 7)
+    "mnist-conv": dict(dataset="mnist", arch="conv", channels="32,64", kernel=4, stride=2,
+                       hidden="256", latent_dim=20, activation="relu", batch_size=128, lr=1e-3,
+                       binarize="dynamic"),
 }
+CONV_DEFAULTS = dict(channels="32,64", kernel=4, stride=2, hidden="256")
 
 
-def _hidden(text):
-    try:
-        sizes = tuple(int(t) for t in str(text).split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--hidden must be comma-separated integers like 400 or "
-                                         f"200,200, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f"--hidden sizes must be positive, got {text!r}")
-    return sizes
+def _int_list(option, example):
+    def parse(text):
+        try:
+            sizes = tuple(int(t) for t in str(text).split(",") if t.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} must be comma-separated integers like "
+                                             f"{example}, got {text!r}") from None
+        if not sizes or min(sizes) < 1:
+            raise argparse.ArgumentTypeError(f"{option} sizes must be positive, got {text!r}")
+        return sizes
+    return parse
+
+
+_hidden = _int_list("--hidden", "400 or 200,200")
+_channels = _int_list("--channels", "32,64 or 32,32,32,32")
 
 
 def _positive(kind):
@@ -86,6 +101,19 @@ def build_parser():
     t.add_argument("--hidden", type=_hidden, default=None, help="hidden widths, e.g. 400 or "
                    "200,200 [default: 400]")
     t.add_argument("--latent-dim", type=_positive(int), default=None, help="[default: 10]")
+    t.add_argument("--arch", choices=("mlp", "conv"), default=None,
+                   help="mlp: dense encoder/decoder; conv: convolutions (stride-2 halvings), "
+                   "dense --hidden widths, a mirrored transposed-convolution decoder "
+                   "[default: mlp]")
+    t.add_argument("--channels", type=_channels, default=None, help="--arch conv: channels of "
+                   "each convolution, e.g. 32,64 (28x28) or 32,32,32,32 (32x32 or 64x64) "
+                   "[default: 32,64]")
+    t.add_argument("--kernel", type=_positive(int), default=None,
+                   help="--arch conv: kernel size [default: 4]")
+    t.add_argument("--stride", type=_positive(int), default=None,
+                   help="--arch conv: stride [default: 2]")
+    t.add_argument("--padding", type=_nonneg(int), default=None,
+                   help="--arch conv: zero padding [default: (kernel - stride) // 2]")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
                    help="[default: relu]")
     t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
@@ -181,9 +209,18 @@ TRAIN_DEFAULTS = dict(dataset="shapes", epochs=30, batch_size=128, lr=1e-3, lr_s
 
 def _resolve(args):
     preset = PRESETS.get(args.preset, {})
-    for key, value in {**TRAIN_DEFAULTS, **preset}.items():
+    if args.arch is None:
+        args.arch = preset.get("arch", "mlp")
+    conv = CONV_DEFAULTS if args.arch == "conv" else {}
+    for key, value in {**TRAIN_DEFAULTS, **conv, **preset}.items():
         if getattr(args, key, None) is None:
-            setattr(args, key, _hidden(value) if key == "hidden" else value)
+            parse = {"hidden": _hidden, "channels": _channels}.get(key)
+            setattr(args, key, parse(value) if parse else value)
+    if args.arch == "mlp":
+        given = [f"--{k}" for k in ("channels", "kernel", "stride", "padding")
+                 if getattr(args, k) is not None]
+        if given:
+            raise MinivaeError(f"{', '.join(given)} apply only to --arch conv")
     if args.binarize is None:
         args.binarize = preset.get("binarize", "none" if args.dataset == "shapes" else "dynamic")
     if args.valid_size is None:
@@ -220,6 +257,13 @@ def _load_data(name, data_dir, binarize, valid_size, seed):
                         seed=seed)
 
 
+def _conv_options(args, data):
+    if args.arch != "conv":
+        return {}
+    return dict(arch="conv", image_shape=data.image_shape, channels=args.channels,
+                kernel=args.kernel, stride=args.stride, padding=args.padding)
+
+
 def cmd_train(args):
     from .train import TrainConfig, Trainer, load_run, read_metrics
 
@@ -252,7 +296,7 @@ def cmd_train(args):
     else:
         _resolve(args)
         data = _load_data(args.dataset, args.data_dir, args.binarize, args.valid_size, args.seed)
-        model = _make_model(args, data.dim)
+        model = _make_model(args, data.dim, _conv_options(args, data))
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
                            on_nonfinite=args.on_nonfinite, lr_schedule=args.lr_schedule,
@@ -303,7 +347,8 @@ def cmd_train(args):
     return 0
 
 
-def _make_model(args, data_dim):
+def _make_model(args, data_dim, conv=None):
+    """The model the options describe; conv: VAE's arch='conv' options (_conv_options)."""
     from .model import VAE
     if args.latent == "bernoulli":
         from .discrete import DiscreteVAE
@@ -311,7 +356,8 @@ def _make_model(args, data_dim):
                                       ("--beta", args.beta != 1.0),
                                       ("--objective iwae", args.objective != "elbo"),
                                       ("--warmup-steps", bool(args.warmup_steps)),
-                                      ("--capacity", args.capacity is not None))
+                                      ("--capacity", args.capacity is not None),
+                                      ("--arch conv", bool(conv)))
                  if bad]
         if given:
             raise MinivaeError(f"{', '.join(given)} applies to Gaussian latents only; drop it "
@@ -329,7 +375,8 @@ def _make_model(args, data_dim):
     return VAE(data_dim, args.hidden, args.latent_dim, args.activation, args.likelihood,
                args.beta, args.dtype, args.seed, args.device, args.sigma, args.learn_sigma,
                args.objective, args.samples, estimator=args.estimator or "reparam",
-               baseline=args.baseline, gaussian_mean=args.gaussian_mean, sigma_min=args.sigma_min)
+               baseline=args.baseline, gaussian_mean=args.gaussian_mean, sigma_min=args.sigma_min,
+               **(conv or {}))
 
 
 def _discrete(model):

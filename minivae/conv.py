@@ -43,6 +43,7 @@ import math
 
 from .backend import get_array_module
 from .errors import MinivaeError
+from .layers import Linear, Sequential, activation, mlp_shapes
 
 MAX_COLS = 2 ** 24          # elements of one column matrix (64 MiB of float32) before chunking
 
@@ -353,3 +354,164 @@ class Flatten(Reshape):
 
     def __init__(self):
         super().__init__((-1,))
+
+
+# ----------------------------------------------------------------------------- the conv VAE
+CONV_KEYS = ("arch", "image_shape", "channels", "kernel", "stride", "padding")
+MAX_LAYERS = 16
+
+
+class ConvNet(Sequential):
+    """Layers applied in order, backward in reverse (the chain rule), with the interface of a
+    workspace plan (``layers.FusedMLP``): ``backward(dy, db_done)`` and ``out_db``.  out_db is None
+    because the last layer's bias is per channel, so a likelihood kernel's per-pixel sum cannot
+    stand in for its gradient: db_done is therefore always False here."""
+
+    out_db = None
+
+    def backward(self, dy, db_done=False):
+        return super().backward(dy)
+
+
+def _sizes_that_work(n_layers, K, S, P, around):
+    """The first few image sides that pass exactly through n_layers convolutions."""
+    good = []
+    for n in range(1, min(4 * around + 4 * S ** n_layers, 10 ** 5) + 1):
+        if _chain(n, n_layers, K, S, P)[1]:
+            good.append(n)
+            if len(good) == 6:
+                break
+    return good
+
+
+def _chain(n, n_layers, K, S, P):
+    """(the sides after each layer, whether every layer is exact)."""
+    sides = [n]
+    for _ in range(n_layers):
+        span = sides[-1] + 2 * P - K
+        if span < 0 or span % S:
+            return sides, False
+        sides.append(span // S + 1)
+    return sides, True
+
+
+class ConvArch:
+    """The convolutional encoder and decoder of ``VAE(..., arch='conv')``, mirrored:
+
+        encoder  x (B, D) -> (C0, H, W) -> [Conv2d(K, S, P) -> act] for channels c1..cL
+                 -> flatten (cL h w) -> dense hidden... (act) -> 2Z   (mu, logvar)
+        decoder  z (N, Z) -> dense ...hidden (act) -> cL h w (act) -> (cL, h, w)
+                 -> [ConvTranspose2d(K, S, P) -> act] for c(L-1)..c1 -> ConvTranspose2d
+                 -> outputs * C0 channels -> flatten (N, outputs D): the likelihood's parameters
+                 (outputs = likelihood.out_features(D) / D: 1, or 2 for a head that predicts a
+                 mean and a log-variance per pixel: channels [means | log-variances], so the
+                 flattened row is [a | r] as that head reads it)
+
+    Every convolution must be exact ((side + 2P - K) divisible by S), so that the decoder's
+    transposed convolutions give back the image size; otherwise a MinivaeError names the sizes
+    that work.  padding defaults to (K - S) // 2, which halves a side at K = 4, S = 2.
+    Parameters: enc.conv{i}.W (c_{i+1}, c_i, K, K), enc.conv{i}.b, the dense enc.{i}.W/b and
+    dec.{i}.W/b (as ``layers.mlp_shapes``), dec.conv{i}.W (c_{L-i}, c_{L-i-1}, K, K), dec.conv{i}.b.
+    """
+
+    def __init__(self, image_shape, channels, kernel, stride, padding, hidden, latent_dim,
+                 outputs=1):
+        shape = tuple(image_shape) if isinstance(image_shape, (list, tuple)) else None
+        if shape is None or len(shape) not in (2, 3) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+            raise MinivaeError(f"image_shape must be (H, W) or (C, H, W) of positive integers, "
+                               f"got {image_shape!r}")
+        self.image = shape if len(shape) == 3 else (1, *shape)
+        if not isinstance(channels, (list, tuple)) or not 1 <= len(channels) <= MAX_LAYERS:
+            raise MinivaeError(f"channels must list 1 to {MAX_LAYERS} channel counts, one per "
+                               f"convolution (e.g. 32,64), got {channels!r}")
+        self.channels = tuple(_int("channel count", c, 1) for c in channels)
+        self.kernel = _int("kernel", kernel, 1)
+        self.stride = _int("stride", stride, 1)
+        self.padding = (max(0, (self.kernel - self.stride) // 2) if padding is None
+                        else _int("padding", padding, 0))
+        if self.padding >= self.kernel:
+            raise MinivaeError(f"padding must be smaller than the kernel ({self.kernel}), "
+                               f"got {self.padding}")
+        self.hidden, self.latent_dim = tuple(hidden), latent_dim
+        self.outputs = _int("outputs per value", outputs, 1)
+        C, H, W = self.image
+        L, K, S, P = len(self.channels), self.kernel, self.stride, self.padding
+        rows, ok_h = _chain(H, L, K, S, P)
+        cols, ok_w = _chain(W, L, K, S, P)
+        if not (ok_h and ok_w):
+            side, chain = (H, rows) if not ok_h else (W, cols)
+            fits = max(n for n in range(L + 1) if _chain(H, n, K, S, P)[1]
+                       and _chain(W, n, K, S, P)[1])
+            nxt = chain[-1] + 2 * P - K
+            bad = "the kernel no longer fits" if nxt < 0 else f"{nxt / S + 1:g} is not whole"
+            raise MinivaeError(
+                f"a {H}x{W} image does not pass exactly through {L} convolutions of kernel {K}, "
+                f"stride {S}, padding {P} ({' -> '.join(map(str, chain))}, then {bad}); image "
+                f"sides that work: {', '.join(map(str, _sizes_that_work(L, K, S, P, side)))} ..."
+                + (f"; or use at most {fits} convolution{'s' * (fits > 1)} for {H}x{W}"
+                   if fits else ""))
+        self.sides = list(zip(rows, cols))                 # (h, w) before each layer, and after
+        self.flat = self.channels[-1] * rows[-1] * cols[-1]
+
+    @property
+    def data_dim(self):
+        return self.image[0] * self.image[1] * self.image[2]
+
+    def _conv_shapes(self, prefix, chans):
+        shapes = {}
+        for i, (cin, cout) in enumerate(zip(chans[:-1], chans[1:])):
+            w = (cout, cin) if prefix == "enc" else (cin, cout)   # PyTorch's two layouts
+            shapes[f"{prefix}.conv{i}.W"] = (*w, self.kernel, self.kernel)
+            shapes[f"{prefix}.conv{i}.b"] = (cout,)
+        return shapes
+
+    def param_shapes(self):
+        chans = (self.image[0], *self.channels)
+        return {**self._conv_shapes("enc", chans),
+                **mlp_shapes("enc", (self.flat, *self.hidden, 2 * self.latent_dim)),
+                **mlp_shapes("dec", (self.latent_dim, *self.hidden[::-1], self.flat)),
+                **self._conv_shapes("dec", (*self.channels[::-1], self.outputs * self.image[0]))}
+
+    def _views(self, buffer, name):
+        return (buffer.params[name + ".W"], buffer.params[name + ".b"],
+                buffer.grads[name + ".W"], buffer.grads[name + ".b"])
+
+    def _dense(self, buffer, prefix, sizes, act, last_act):
+        out = []
+        for i in range(len(sizes) - 1):
+            out.append(Linear(*self._views(buffer, f"{prefix}.{i}")))
+            if i < len(sizes) - 2 or last_act:
+                out.append(activation(act))
+        return out
+
+    def encoder(self, buffer, act, need_input_grad=False):
+        """A ConvNet over views of ``buffer``: x (B, D) -> (mu, logvar) columns (B, 2Z)."""
+        out = [Reshape(self.image)]
+        for i in range(len(self.channels)):
+            out += [Conv2d(*self._views(buffer, f"enc.conv{i}"), self.stride, self.padding,
+                           need_dx=need_input_grad or i > 0), activation(act)]
+        out.append(Flatten())
+        out += self._dense(buffer, "enc", (self.flat, *self.hidden, 2 * self.latent_dim), act,
+                           last_act=False)
+        return ConvNet(out)
+
+    def decoder(self, buffer, act):
+        """A ConvNet over views of ``buffer``: z (N, Z) -> the likelihood's parameters (N, D)."""
+        out = self._dense(buffer, "dec", (self.latent_dim, *self.hidden[::-1], self.flat), act,
+                          last_act=True)
+        h, w = self.sides[-1]
+        out.append(Reshape((self.channels[-1], h, w)))
+        L = len(self.channels)
+        for i in range(L):
+            out.append(ConvTranspose2d(*self._views(buffer, f"dec.conv{i}"), self.stride,
+                                       self.padding))
+            if i < L - 1:
+                out.append(activation(act))
+        out.append(Flatten())
+        return ConvNet(out)
+
+    def describe(self):
+        C, H, W = self.image
+        return (f"conv {C}x{H}x{W} [{'-'.join(map(str, self.channels))} k{self.kernel} "
+                f"s{self.stride} p{self.padding}]")

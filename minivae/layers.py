@@ -147,6 +147,8 @@ class Sequential:
     def backward(self, dy):
         for layer in reversed(self.layers):
             dy = layer.backward(dy)
+            if dy is None:             # a first layer whose input is data: nothing further back
+                return None
         return dy
 
 
@@ -177,6 +179,7 @@ class FusedMLP:
         # activation's derivative: kept apart from h and g because a Numba kernel whose input
         # and output are the same array cannot be vectorised (measured 6x slower in place)
         self.pre = [self.xp.empty((n, L.W.shape[1]), W.dtype) for L in self.linears[:-1]]
+        self.out_db = self.linears[-1].db           # a likelihood kernel may write it (db_done)
         self.dx = [None] * len(self.linears)        # input-gradient buffers, made on first use
         self.g = [None] * len(self.linears)
         self._x = None

@@ -16,6 +16,7 @@ import numpy as np
 from . import distributions as dist
 from . import objectives
 from .backend import array_module, resolve_device, resolve_dtype
+from .conv import ConvArch, Conv2d, ConvTranspose2d
 from .errors import MinivaeError
 from .layers import ACTIVATIONS, build_mlp, FusedMLP, Linear, mlp_shapes
 from .likelihoods import SIGMA_MIN, make_likelihood
@@ -95,13 +96,18 @@ class VAE:
                   S samples of each example; samples >= 2)
     dtype         float32 (training) or float64 (checks);  device: 'cpu' or 'cuda'
     seed          seeds the initialisation (PyTorch's nn.Linear rule, drawn in layer order)
+    arch          'mlp', or 'conv': convolutional encoder, transposed-convolutional decoder
+                  (``minivae.conv.ConvArch``), with image_shape (H, W) or (C, H, W), channels
+                  per convolution (e.g. (32, 64)), kernel, stride and padding (None: (K - S) // 2);
+                  hidden are then the dense widths between the convolutions and the latent
     """
 
     def __init__(self, data_dim, hidden=(400,), latent_dim=20, activation="relu",
                  likelihood="bernoulli", beta=1.0, dtype="float32", seed=0, device=None,
                  sigma=1.0, learn_sigma="fixed", objective="elbo", samples=1,
                  estimator="reparam", baseline="none", gaussian_mean="identity",
-                 sigma_min=SIGMA_MIN):
+                 sigma_min=SIGMA_MIN, arch="mlp", image_shape=None, channels=(32, 64), kernel=4,
+                 stride=2, padding=None):
         data_dim = _positive_int("data_dim", data_dim)
         latent_dim = _positive_int("latent_dim", latent_dim)
         if isinstance(hidden, (int, np.integer)):
@@ -144,6 +150,8 @@ class VAE:
                            learn_sigma=learn_sigma, objective=objective,
                            samples=samples, estimator=estimator, baseline=baseline,
                            gaussian_mean=gaussian_mean, sigma_min=sigma_min)
+        if arch not in ("mlp", "conv"):
+            raise MinivaeError(f"arch must be 'mlp' or 'conv', got {arch!r}")
         self.dtype = resolve_dtype(dtype)
         self.xp = array_module(self.config["device"])
         self.likelihood = make_likelihood(likelihood, sigma, learn_sigma, gaussian_mean,
@@ -154,11 +162,22 @@ class VAE:
 
         self.out_dim = self.likelihood.out_features(data_dim)
         enc_sizes, dec_sizes = self._layout(data_dim, hidden, latent_dim, self.out_dim)
-        shapes = {**mlp_shapes("enc", enc_sizes), **mlp_shapes("dec", dec_sizes),
-                  **self.likelihood.param_shapes(data_dim)}
+        self._sizes = enc_sizes, dec_sizes
+        self.conv = None
+        if arch == "conv":
+            self.conv = ConvArch(image_shape, channels, kernel, stride, padding, hidden,
+                                 latent_dim, outputs=self.out_dim // data_dim)
+            if self.conv.data_dim != data_dim:
+                raise MinivaeError(f"image_shape {tuple(image_shape)} holds {self.conv.data_dim} "
+                                   f"values, but data_dim is {data_dim}")
+            self.config.update(arch="conv", image_shape=list(self.conv.image),
+                               channels=list(self.conv.channels), kernel=self.conv.kernel,
+                               stride=self.conv.stride, padding=self.conv.padding)
+        net_shapes = (self.conv.param_shapes() if self.conv else
+                      {**mlp_shapes("enc", enc_sizes), **mlp_shapes("dec", dec_sizes)})
+        shapes = {**net_shapes, **self.likelihood.param_shapes(data_dim)}
         self.buffer = ParamBuffer(shapes, xp=self.xp, dtype=self.dtype)
-        self.encoder = build_mlp(self.buffer, "enc", enc_sizes, activation, need_input_grad=False)
-        self.decoder = build_mlp(self.buffer, "dec", dec_sizes, activation)
+        self.encoder, self.decoder = self._networks()
         self.likelihood.bind(self.buffer)
         self._workspaces = {}       # (what, sizes) -> FusedMLP or StepBuffers, reused step to step
         self.reset_parameters(seed)
@@ -185,15 +204,28 @@ class VAE:
         """name -> view of the flat gradient buffer (overwritten by every backward pass)."""
         return self.buffer.grads
 
+    def _networks(self):
+        """A fresh (encoder, decoder) over views of the flat buffer: the public pair, and one
+        per workspace for the convolutional model (each keeps its own forward cache)."""
+        act = self.config["activation"]
+        if self.conv is not None:
+            return self.conv.encoder(self.buffer, act), self.conv.decoder(self.buffer, act)
+        enc_sizes, dec_sizes = self._sizes
+        return (build_mlp(self.buffer, "enc", enc_sizes, act, need_input_grad=False),
+                build_mlp(self.buffer, "dec", dec_sizes, act))
+
     def reset_parameters(self, seed):
-        rng = np.random.default_rng(seed)          # host draws: the same start on every device
+        """PyTorch's default initialisation, drawn layer by layer in forward order (encoder,
+        then decoder), W then b, on the host: the same start on every device."""
+        rng = np.random.default_rng(seed)
         for layer in (*self.encoder.layers, *self.decoder.layers):
-            if isinstance(layer, Linear):
-                Linear.init(layer.W, layer.b, rng)
+            if isinstance(layer, (Linear, Conv2d, ConvTranspose2d)):
+                type(layer).init(layer.W, layer.b, rng)
         if hasattr(self.likelihood, "init"):
             self.likelihood.init()
         if hasattr(self.likelihood, "init_output_bias"):
-            self.likelihood.init_output_bias(self.decoder.layers[-1].b)
+            last = [layer for layer in self.decoder.layers if hasattr(layer, "b")][-1]
+            self.likelihood.init_output_bias(last.b)      # (2D,), or per channel (2C,) for conv
 
     # ------------------------------------------------------------------ passes
     def encoder_forward(self, x):
@@ -226,6 +258,8 @@ class VAE:
     def _plan(self, which, n):
         """The FusedMLP of the encoder ('enc') or decoder ('dec') for n rows, made once per n
         (a full batch and the last short batch each get their own, neither reallocated)."""
+        if self.conv is not None:
+            return self._workspace((which, n), lambda: self._networks()[which == "dec"])
         return self._workspace((which, n), lambda: FusedMLP(
             self.encoder if which == "enc" else self.decoder, n))
 
@@ -353,6 +387,9 @@ class VAE:
     def __repr__(self):
         c = self.config
         sizes = "-".join(map(str, [c["data_dim"], *c["hidden"], c["latent_dim"]]))
+        if self.conv is not None:
+            sizes = f"{self.conv.describe()} " + "-".join(map(str, [*c["hidden"],
+                                                                     c["latent_dim"]]))
         objective = (f"iwae K={c['samples']}" if c["objective"] == "iwae" else
                      f"beta={c['beta']}" + (f", S={c['samples']}" if c["samples"] > 1 else ""))
         if c["estimator"] == "score":

@@ -61,7 +61,7 @@ def _reconstruction_backward(model, x, eps):
     S, B, Z = eps.shape
     f = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(f.out, x, 1.0 / (S * B), nll=f.ws.nll,
-                                                       grad=f.ws.dout, db=f.dec.linears[-1].db)
+                                                       grad=f.ws.dout, db=f.dec.out_db)
     rec = xp.mean(nll)                           # mean over samples and batch
     dz = f.dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
     return f, rec, dz
@@ -175,7 +175,7 @@ def score_elbo_loss(model, x, eps, beta, baseline="none"):
     dt = eps.dtype.type
     ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
-                                                       grad=ws.dout, db=dec.linears[-1].db)
+                                                       grad=ws.dout, db=dec.out_db)
     rec = xp.mean(nll)
     kl_mean = xp.mean(kl)
     loss = rec + kl_mean * dt(beta)

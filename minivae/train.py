@@ -37,6 +37,7 @@ import numpy as np
 
 from . import checkpoint, schedules
 from .backend import get_array_module, make_rng, resolve_dtype, to_device, to_host
+from .conv import CONV_KEYS, ConvArch
 from .errors import MinivaeError
 from .layers import mlp_shapes
 from .likelihoods import make_likelihood
@@ -627,8 +628,10 @@ def _param_shapes(where, cfg):
     the model (so a hostile config cannot make us allocate): the layout of VAE.__init__,
     encoder D -> H1.. -> 2Z, decoder Z -> ..H1 -> D, then the likelihood's own parameters."""
     discrete = isinstance(cfg, dict) and cfg.get("latent") == "bernoulli"
+    conv = isinstance(cfg, dict) and cfg.get("arch") == "conv" and not discrete
     keys, optional = (DISCRETE_MODEL_KEYS, ()) if discrete else (MODEL_KEYS, OPTIONAL_MODEL_KEYS)
-    if not isinstance(cfg, dict) or not (set(keys) - set(optional) <= set(cfg) <= set(keys)):
+    keys = set(keys) | (set(CONV_KEYS) if conv else set())
+    if not isinstance(cfg, dict) or not (keys - set(optional) <= set(cfg) <= keys):
         got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
         raise MinivaeError(f"{where}: its model config has keys {got}, needs "
                            f"{sorted(keys)}; the file is damaged or from another program")
@@ -652,6 +655,16 @@ def _param_shapes(where, cfg):
         lik = make_likelihood(cfg["likelihood"], cfg["sigma"], cfg["learn_sigma"], *later)
     except (MinivaeError, TypeError) as e:
         raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
+    if conv:
+        try:
+            arch = ConvArch(cfg["image_shape"], cfg["channels"], cfg["kernel"], cfg["stride"],
+                            cfg["padding"], H, Z, outputs=lik.out_features(D) // D)
+        except MinivaeError as e:
+            raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
+        if arch.data_dim != D:
+            raise MinivaeError(f"{where}: its image_shape {cfg['image_shape']!r} does not hold "
+                               f"data_dim {D} values")
+        return {**arch.param_shapes(), **lik.param_shapes(D)}
     return {**mlp_shapes("enc", (D, *H, 2 * Z)),
             **mlp_shapes("dec", (Z, *H[::-1], lik.out_features(D))), **lik.param_shapes(D)}
 
