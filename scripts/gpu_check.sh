@@ -72,15 +72,18 @@ $PY - "$W" "$R" <<'EOF'
 import glob, json, os, statistics, sys
 W, R = sys.argv[1:]
 
-def final(run):
-    try:
-        rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if l.strip()]
-        return rows[-1].get("test_elbo"), len(rows)
-    except OSError:
-        return None, 0
-
 seeds = os.environ.get("SEEDS", "0 1 2").split()
 epochs = int(os.environ.get("EPOCHS", "3"))
+
+def final(run):
+    """(held-out ELBO after the last epoch, rows); None unless the run finished every epoch."""
+    try:
+        rows = [json.loads(l) for l in open(os.path.join(run, "metrics.jsonl")) if l.strip()]
+    except OSError:
+        return None, 0
+    done = rows and rows[-1].get("epoch") == epochs
+    return (rows[-1].get("test_elbo") if done else None), len(rows)
+
 out = {"training": {}, "seeds": seeds, "epochs": epochs}
 for d in ("shapes", "mnist"):
     for dev in ("cuda", "cpu"):
