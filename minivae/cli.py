@@ -198,6 +198,18 @@ def build_parser():
     s.add_argument("--seed", type=_nonneg(int), default=0)
     s.add_argument("--out", default=None, help="PNG path [default: RUN/samples-seed<S>.png]")
     s.add_argument("--device", choices=("cpu", "cuda"), default=None)
+
+    v = sub.add_parser("traverse", help="latent traversals (sorted by KL), the 2-D manifold and "
+                       "the latents x factors MI heat map of a run",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("run", help="run directory or checkpoint .npz")
+    v.add_argument("--out", default=None, help="folder for traversals.png, manifold.png (2-D "
+                   "latents) and mi.png (shapes) [default: the run directory]")
+    v.add_argument("--data-dir", default=None, help="folder holding the dataset's files")
+    v.add_argument("--image", type=_nonneg(int), default=0,
+                   help="which held-out image to traverse around")
+    v.add_argument("--seed", type=_nonneg(int), default=0, help="draws of the MI images")
+    v.add_argument("--device", choices=("cpu", "cuda"), default=None)
     return p
 
 
@@ -419,6 +431,10 @@ def _figures(model, data, rows, run_dir):
     save_grid(os.path.join(run_dir, "samples.png"), model.sample(64, make_rng(0, model.xp)),
               data.image_shape, ncols=8, title="samples from the prior (means of p(x|z))")
     save_loss_curves(os.path.join(run_dir, "loss.png"), rows, title=f"{data.name}: {model!r}")
+    if model.config.get("latent", "gaussian") == "gaussian":
+        from .latent_plots import write_latent_figures
+        write_latent_figures(model, run_dir, x, data.image_shape,
+                             shapes_factors=data.name == "shapes")
 
 
 # ------------------------------------------------------------------------------------ eval
@@ -501,6 +517,28 @@ def cmd_sample(args):
     return 0
 
 
+def cmd_traverse(args):
+    import numpy as np
+    from .latent_plots import write_latent_figures
+    out = args.out
+    if out is not None and not os.path.isdir(out):
+        raise MinivaeError(f"--out {out}: no such folder; create it first")
+    model, meta, _, _ = _load_for_device(args.run, args.device)
+    run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run) or "."
+    d = meta.get("dataset_args", {})
+    data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"),
+                      meta.get("binarize", "none"), d.get("valid_size", 0), d.get("seed", 0))
+    x = data.test if data.test is not None else (data.valid if data.valid is not None
+                                                  else data.train)
+    if args.image >= len(x):
+        raise MinivaeError(f"--image {args.image}: the held-out split has {len(x)} images")
+    x = np.concatenate([x[args.image:args.image + 1], x])
+    for path in write_latent_figures(model, out or run_dir, x, tuple(meta["image_shape"]),
+                                     shapes_factors=meta["dataset"] == "shapes", seed=args.seed):
+        print(path)
+    return 0
+
+
 def _square(d):
     r = int(round(d ** 0.5))
     if r * r != d:
@@ -512,7 +550,8 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}[args.command](args)
+        return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+                "traverse": cmd_traverse}[args.command](args)
     except MinivaeError as e:
         print(f"minivae: error: {e}", file=sys.stderr)
         return 2
