@@ -5,11 +5,13 @@ traceback.  An existing run directory is never overwritten: a new run needs a ne
 ``--resume RUN_DIR`` continues an old one.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 
+from . import rundir
 from .errors import MinivaeError
 
 PRESETS = {
@@ -253,14 +255,7 @@ def _options_given(args, exclude):
 def _make_run_dir(out, dataset):
     if out is None:
         out = os.path.join("runs", f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise MinivaeError(f"run directory {out} already exists; choose another --out, or "
-                           f"continue it with --resume {out}")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        raise MinivaeError(f"cannot create run directory {out}: {e.strerror}") from None
-    return out
+    return rundir.create(out)
 
 
 def _load_data(name, data_dir, binarize, valid_size, seed):
@@ -277,6 +272,13 @@ def _conv_options(args, data):
 
 
 def cmd_train(args):
+    """`minivae train`; the run directory's lock is held from before anything in it is read or
+    written until the command ends (see rundir.py)."""
+    with contextlib.ExitStack() as held:
+        return _cmd_train(args, held)
+
+
+def _cmd_train(args, held):
     from .train import TrainConfig, Trainer, load_run, read_metrics
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -289,8 +291,12 @@ def cmd_train(args):
             raise MinivaeError(f"--resume continues a run with its saved configuration; drop "
                                f"{', '.join(fixed)} (only {', '.join(RESUME_OPTIONS_HELP)} may "
                                "change)")
-        model, meta, opt_arrays, extra = load_run(args.resume)
+        if not os.path.exists(args.resume):
+            raise MinivaeError(f"no run directory or checkpoint at {args.resume}; pass the "
+                               "folder of a run written by minivae train")
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+        held.enter_context(rundir.lock(run_dir or ".", log))
+        model, meta, opt_arrays, extra = load_run(args.resume)
         tcfg = TrainConfig(**meta["train"])
         if args.epochs is not None:
             tcfg.epochs = args.epochs
@@ -319,6 +325,8 @@ def cmd_train(args):
         from .schedules import check_model
         check_model(tcfg, model)
         run_dir = _make_run_dir(args.out, args.dataset)
+        held.enter_context(rundir.lock(run_dir, log))
+        rundir.check_new(run_dir)       # another run may have filled it before our lock
         dataset_args = dict(data_dir=args.data_dir, binarize=args.binarize,
                             valid_size=args.valid_size, seed=args.seed)
         trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from . import checkpoint, schedules
+from . import checkpoint, rundir, schedules
 from .backend import get_array_module, make_rng, resolve_dtype, to_device, to_host
 from .conv import CONV_KEYS, ConvArch
 from .errors import MinivaeError
@@ -277,7 +277,8 @@ class Trainer:
             self._seconds = float(tot["seconds"])
         self._restored = True
         self._saved_at = (epoch, step)
-        self._trim_metrics()
+        with rundir.lock(self.run_dir, self.log):
+            self._trim_metrics()
 
     def _restore_generators(self, meta):
         """The noise and binarisation generators of the checkpoint, on this model's device.
@@ -379,7 +380,12 @@ class Trainer:
 
         Raises Interrupted after a SIGINT/SIGTERM (checkpoint written), Diverged on a
         non-finite loss or gradient (cfg.on_nonfinite 'stop'; the last good checkpoint kept).
+        Holds the run directory's lock throughout (rundir.RunDirBusy if another process has it).
         """
+        with rundir.lock(self.run_dir, self.log):
+            return self._fit()
+
+    def _fit(self):
         self.cfg.check()
         rows = []
         old = {}

@@ -7,14 +7,17 @@ dataset before ``cli.main``), so that each costs about a second of CPU.
 """
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
 import minivae.data.datasets as datasets
-from minivae import cli
+from minivae import cli, rundir
+from minivae.errors import MinivaeError
 from minivae.train import CHECKPOINT, load_run
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--no-progress"]
@@ -109,3 +112,176 @@ def test_a_replaced_checkpoint_keeps_its_permissions(tmp_path, capsys):
     assert rc == 0, err
     assert load_run(d)[1]["epoch"] == 2
     assert stat.S_IMODE(os.stat(d / CHECKPOINT).st_mode) == 0o640
+
+
+# ---------------------------------------------------------------------------- 2: the lock
+def wait_for(pred, proc, what, timeout=120):
+    t0 = time.monotonic()
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"exited before {what}: {proc.communicate()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(0.01)
+
+
+def epochs_of(run_dir):
+    return [json.loads(line)["epoch"] for line in open(run_dir / "metrics.jsonl")]
+
+
+def test_a_second_run_into_a_live_run_directory_touches_nothing(tmp_path):
+    """Two real processes: while A trains, B (a fresh run with another seed) and C (--resume)
+    each stop with one line naming A's pid, exit 2, and A's files are as A wrote them."""
+    d = tmp_path / "run"
+    a = cli_process("train", *SMALL, "--epochs", "100000", "--out", d)
+    try:
+        wait_for(lambda: (d / CHECKPOINT).exists(), a, "first checkpoint")
+        config = (d / "config.json").read_bytes()
+        for argv in (["--seed", "7", "--epochs", "1", "--out", d], ["--resume", d]):
+            b = cli_process("train", *argv, *SMALL[-1:])
+            rc, _, err = finish(b)
+            last = one_line_error(rc, err, f"run directory {d} is in use by process {a.pid}")
+            assert len(err.strip().splitlines()) == 1, err
+            assert a.poll() is None, "A stopped"
+        assert (d / "config.json").read_bytes() == config
+    finally:
+        a.send_signal(signal.SIGINT)
+    rc, _, err = finish(a)
+    assert rc == 130, err
+    _, meta, _, _ = load_run(d)
+    assert meta["train"]["seed"] == 0 and json.loads(config)["train"]["seed"] == 0
+    assert epochs_of(d) == list(range(len(epochs_of(d))))      # one run's rows, in order
+    assert not (d / rundir.LOCK).exists()                        # released on SIGINT
+
+
+# SMALL_CLI whose processes, once past the creation of their run directory (and, where there is
+# one, its lock), wait until the file $GO exists, after writing $GO.<pid>: so that every run that
+# got that far writes at the same moment, as racing users' runs can
+RACE_CLI = SMALL_CLI.replace("sys.exit(", (
+    "import os, time; from minivae.train import Trainer; check = Trainer._check_data\n"
+    "def wait_then_check(self):\n"
+    "    go = os.environ['GO']; open(go + '.' + str(os.getpid()), 'w').close()\n"
+    "    while not os.path.exists(go): time.sleep(0.001)\n"
+    "    return check(self)\n"
+    "Trainer._check_data = wait_then_check\nsys.exit("))
+
+
+def test_concurrent_fresh_runs_into_one_directory_one_wins(tmp_path):
+    """Three runs with different seeds reach one new --out at the same moment: exactly one
+    trains; the others end with one line, exit 2; config.json, the checkpoint and the metrics
+    are the winner's alone."""
+    d, go = tmp_path / "run", tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE_CLI, "train", *SMALL, "--epochs", "2",
+                               "--seed", str(s), "--out", str(d)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, GO=str(go)))
+             for s in (1, 2, 3)]
+    for p in procs:                   # each waits at the barrier, or has stopped before it
+        t0 = time.monotonic()
+        while not os.path.exists(f"{go}.{p.pid}") and p.poll() is None:
+            assert time.monotonic() - t0 < 120, "no process reached the barrier"
+            time.sleep(0.01)
+    go.touch()
+    results = [finish(p) for p in procs]
+    winners = [s for s, (rc, _, _) in zip((1, 2, 3), results) if rc == 0]
+    assert len(winners) == 1, [r[::2] for r in results]
+    for rc, out, err in results:
+        if rc != 0:
+            one_line_error(rc, err, f"run directory {d}")
+            assert len(err.strip().splitlines()) == 1, err
+    seed = winners[0]
+    assert json.loads((d / "config.json").read_text())["train"]["seed"] == seed
+    assert load_run(d)[1]["train"]["seed"] == seed
+    assert epochs_of(d) == [0, 1, 2]
+    assert sorted(os.listdir(d)) == ["checkpoint.npz", "config.json", "metrics.jsonl"]
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_the_lock_is_released_when_a_run_fails(tmp_path):
+    """An error inside fit (here: a full disk while appending the metrics) releases the lock:
+    the file is gone and the next fit takes it."""
+    from minivae.data import Dataset, make_shapes
+    from minivae.model import VAE
+    from minivae.train import TrainConfig, Trainer
+    imgs, _ = make_shapes(40, seed=0)
+    data = Dataset("shapes", imgs.reshape(40, -1), None, None, (32, 32), "none")
+    tr = Trainer(VAE(1024, (8,), 2), data, TrainConfig(epochs=1, batch_size=20), str(tmp_path),
+                 log=lambda s: None)
+    calls = []
+
+    def fail(row):
+        calls.append(row)
+        assert (tmp_path / rundir.LOCK).exists()               # held during the run
+        raise MinivaeError("disk full")
+    tr._append_metrics = fail
+    with pytest.raises(MinivaeError, match="disk full"):
+        tr.fit()
+    assert calls and not (tmp_path / rundir.LOCK).exists() and not rundir._held
+    del tr._append_metrics
+    tr.fit()
+    assert not (tmp_path / rundir.LOCK).exists()
+
+
+def test_a_held_lock_refuses_another_process_and_is_reentrant(tmp_path):
+    log = []
+    with rundir.lock(tmp_path, log.append):
+        with rundir.lock(tmp_path):                               # the same process: counted
+            pass
+        assert (tmp_path / rundir.LOCK).exists()
+        code = ("import sys; from minivae import rundir; from minivae.errors import MinivaeError\n"
+                "try:\n  rundir.lock(sys.argv[1]).__enter__()\n"
+                "except rundir.RunDirBusy as e:\n  print(e); sys.exit(3)\n")
+        p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                           text=True, timeout=60)
+        assert p.returncode == 3 and f"in use by process {os.getpid()}" in p.stdout, p
+    assert not (tmp_path / rundir.LOCK).exists() and log == []
+
+
+# ---------------------------------------------------------------------------- 3: temporaries
+def test_sigkill_during_a_write_leaves_a_stale_lock_and_temporaries_that_resume_removes(tmp_path):
+    """A real SIGKILL while the checkpoint's temporary file is being written (a 1000-wide
+    model: a 25 MB checkpoint) leaves the lock file and the temporary behind; --resume reports
+    the stale lock of the dead pid, removes the temporary and continues from the checkpoint."""
+    d = tmp_path / "run"
+    big = ["--hidden", "1000", "--latent-dim", "2", "--batch-size", "300", "--no-progress"]
+    argv = ["train", *big, "--epochs", "100000", "--out", d]
+
+    def temporaries():
+        return [n for n in os.listdir(d) if n.startswith(".tmp-")]
+    for attempt in range(8):
+        p = cli_process(*argv)
+        wait_for(lambda: (d / CHECKPOINT).exists(), p, "first checkpoint")
+        wait_for(lambda: temporaries(), p, "a checkpoint write", timeout=300)
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        left = temporaries()
+        if left:
+            break
+        argv = ["train", "--resume", d, "--epochs", "100000", "--no-progress"]
+    assert left, "no SIGKILL landed inside a write in 8 tries"
+    assert all(rundir.TEMPORARY.match(n) for n in left), left
+    assert json.loads((d / rundir.LOCK).read_text())["pid"] == p.pid    # the dead one's
+    epoch = load_run(d)[1]["epoch"]                   # the last checkpoint is whole
+    rc, _, err = finish(cli_process("train", "--resume", d, "--epochs", epoch + 1,
+                                    "--no-progress"))
+    assert rc == 0, err
+    assert f"the lock of process {p.pid}" in err and "was stale" in err, err
+    assert "removed 1 temporary file" in err and "left by an interrupted write" in err, err
+    assert load_run(d)[1]["epoch"] == epoch + 1
+    assert temporaries() == [] and not (d / rundir.LOCK).exists()
+
+
+def test_clean_temporaries_removes_only_atomic_write_leftovers(tmp_path):
+    keep = ["checkpoint.npz", ".tmp-notours.txt", ".tmp-abcdefghnotes.npz", "tmp-abcdefghconfig.json",
+            ".tmp-abc_efghcheckpoint.npz.bak"]
+    gone = [".tmp-abc_efghcheckpoint.npz", ".tmp-12345678metrics.jsonl",
+            ".tmp-zzzzzzzzconfig.json"]
+    for n in keep + gone:
+        (tmp_path / n).write_bytes(b"x" * 10)
+    (tmp_path / ".tmp-dir12345checkpoint.npz").mkdir()          # not a regular file: kept
+    os.symlink(tmp_path / "checkpoint.npz", tmp_path / ".tmp-link1234checkpoint.npz")
+    log = []
+    assert rundir.clean_temporaries(tmp_path, log.append) == sorted(gone)
+    assert sorted(os.listdir(tmp_path)) == sorted(keep + [".tmp-dir12345checkpoint.npz",
+                                                          ".tmp-link1234checkpoint.npz"])
+    assert log == [f"{tmp_path}: removed 3 temporary files (0.0 MB) left by an interrupted write"]
