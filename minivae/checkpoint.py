@@ -201,17 +201,7 @@ def _read_npy(path, zf, info, key, expect=None, max_bytes=None):
     if any(d < 0 for d in shape):
         raise _damaged(path, f"array {key} has a negative length in its shape {shape}")
     if expect is not None:
-        want_shape, want_dtype = expect.shape, expect.dtype
-        ok_shape = (len(shape) == len(want_shape)
-                    and all(w is None or w == d for w, d in zip(want_shape, shape)))
-        ok_dtype = (dtype.kind == want_dtype if isinstance(want_dtype, str)
-                    else dtype == np.dtype(want_dtype))
-        if not (ok_shape and ok_dtype):
-            want = tuple("N" if w is None else w for w in want_shape)
-            wdt = {"i": "an integer type"}.get(want_dtype, want_dtype) \
-                if isinstance(want_dtype, str) else np.dtype(want_dtype)
-            raise MinivaeError(f"{path}: array {key} has shape {tuple(shape)} dtype {dtype}, the "
-                               f"config needs {want} {wdt}; the file does not match its config")
+        check_expected(path, key, shape, dtype, expect)
     count = 1
     for d in shape:
         count *= d
@@ -224,6 +214,21 @@ def _read_npy(path, zf, info, key, expect=None, max_bytes=None):
     if a.dtype.byteorder not in "=|":
         a = a.astype(a.dtype.newbyteorder("="))
     return a
+
+
+def check_expected(path, key, shape, dtype, expect):
+    """Raise MinivaeError unless an array of this shape and dtype is what expect asks for."""
+    want_shape, want_dtype = expect.shape, expect.dtype
+    ok_shape = (len(shape) == len(want_shape)
+                and all(w is None or w == d for w, d in zip(want_shape, shape)))
+    ok_dtype = (dtype.kind == want_dtype if isinstance(want_dtype, str)
+                else dtype == np.dtype(want_dtype))
+    if not (ok_shape and ok_dtype):
+        want = tuple("N" if w is None else w for w in want_shape)
+        wdt = {"i": "an integer type"}.get(want_dtype, want_dtype) \
+            if isinstance(want_dtype, str) else np.dtype(want_dtype)
+        raise MinivaeError(f"{path}: array {key} has shape {tuple(shape)} dtype {dtype}, the "
+                           f"config needs {want} {wdt}; the file does not match its config")
 
 
 def load(path, expect=None):

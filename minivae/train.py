@@ -155,7 +155,9 @@ class Trainer:
     current step finish, writes a checkpoint and raises Interrupted; a second one raises
     KeyboardInterrupt at once (the last checkpoint stays as it was: writes are atomic).
     A NaN or infinite loss or gradient raises Diverged (cfg.on_nonfinite 'stop') with the last
-    good checkpoint left in place, or skips the batch ('skip').
+    good checkpoint left in place, or skips the batch ('skip').  Diverged is raised too, with the
+    last good checkpoint kept, when an epoch skipped every batch, when a held-out ELBO is not
+    finite, and when the optimiser's state is not (see save).
     """
 
     def __init__(self, model, data, config, run_dir, log=print, progress=False,
@@ -213,20 +215,47 @@ class Trainer:
                                       skipped=self._skipped, seconds=self._seconds))
 
     def save(self):
-        """Write the checkpoint (atomically).  Parameters that are not finite are never
-        written over a good checkpoint: that raises Diverged instead."""
+        """Write the checkpoint (atomically); see _checked."""
+        self._checked()()
+
+    def _checked(self):
+        """A function writing the checkpoint of the current state, after checking that
+        everything in it would load back: the parameters and the optimiser's state finite, the
+        meta record and every array passing the loader's own checks (the meta after a JSON
+        round trip, as the loader reads it).  Otherwise raises Diverged (non-finite values) or
+        MinivaeError, and the last checkpoint stays as it was."""
         xp = self.model.xp
-        if not bool(xp.isfinite(self.model.buffer.data).all()):
-            when = (f"by the end of epoch {self.epoch}" if self.step == 0 else
-                    f"by epoch {self.epoch + 1} step {self.step}")
-            raise Diverged(f"parameters became NaN or infinite {when} (global step "
-                           f"{self.global_step}), so they were not saved: "
-                           f"{_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         arrays, _ = self.opt.state()
+        when = (f"by the end of epoch {self.epoch}" if self.step == 0 else
+                f"by epoch {self.epoch + 1} step {self.step}")
+        bad = [name for name, a in [("parameters", self.model.buffer.data)]
+               + [(f"optimiser state {k}", a) for k, a in arrays.items()]
+               if not bool(xp.isfinite(a).all())]
+        if bad:
+            raise Diverged(f"{' and '.join(bad)} became NaN or infinite {when} (global step "
+                           f"{self.global_step}), so no checkpoint was written: "
+                           f"{_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         extra = {"perm": self.perm} if self.perm is not None else {}
-        checkpoint.save(os.path.join(self.run_dir, CHECKPOINT), self.model.buffer.data,
-                        self._meta(), arrays, extra)
+        path = os.path.join(self.run_dir, CHECKPOINT)
+        meta = self._meta()
+        try:
+            _check_loadable(path, json.loads(json.dumps(meta)), self.model.buffer.data,
+                            arrays, extra)
+        except (MinivaeError, ValueError) as e:       # ValueError: a NaN json.dumps refuses
+            raise MinivaeError(f"the checkpoint {when} would not load back ({e}), so it was not "
+                               f"written; {self._last_good()}") from None
+        return lambda: self._write(path, meta, arrays, extra)
+
+    def _write(self, path, meta, arrays, extra):
+        checkpoint.save(path, self.model.buffer.data, meta, arrays, extra)
         self._saved_at = (self.epoch, self.step)
+
+    def _log_and_save(self, row):
+        """An epoch's end: check the checkpoint would load back, then append the metric row,
+        then write the checkpoint (a crash between the two leaves a row that resume trims)."""
+        write = self._checked()
+        self._append_metrics(row)
+        write()
 
     def _last_good(self):
         if self._saved_at is None:
@@ -359,6 +388,11 @@ class Trainer:
         if train is not None:
             row.update({f"train_{k}": v for k, v in train.items()})
         for split, m in self.heldout().items():
+            if not math.isfinite(m["elbo"]):       # a model no checkpoint should keep
+                when = "before training" if epoch == 0 else f"after epoch {epoch}"
+                raise Diverged(f"the held-out {split} ELBO is non-finite ({m['elbo']}) {when}, so "
+                               f"this state was not saved: {_CAUSES.format(lr=self.opt.lr)}; "
+                               f"{self._last_good()}")
             row.update({f"{split}_{k}": v for k, v in m.items()})
         return row
 
@@ -394,9 +428,8 @@ class Trainer:
         try:
             if self.epoch == 0 and self.step == 0 and self.perm is None and not self._restored:
                 rows.append(self._row(0, None, 0.0))
-                self._append_metrics(rows[-1])
                 self.log(_describe(rows[-1]))
-                self.save()
+                self._log_and_save(rows[-1])
             while self.epoch < self.cfg.epochs:
                 rows.append(self._run_epoch())
                 self.log(_describe(rows[-1]))
@@ -463,6 +496,10 @@ class Trainer:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - t0
+        if self._n_done == 0:            # every batch skipped: no step was taken this epoch
+            raise Diverged(f"every one of the {steps} batches of epoch {self.epoch + 1} had a "
+                           f"non-finite loss or gradient and was skipped, so the run made no "
+                           f"progress: {_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         self.epoch += 1
         self.perm, self.step = None, 0
         n = max(self._n_done, 1)
@@ -471,8 +508,7 @@ class Trainer:
             train["skipped"] = self._skipped
         self._reset_epoch_totals()
         row = self._row(self.epoch, train, seconds)
-        self._append_metrics(row)
-        self.save()
+        self._log_and_save(row)
         return row
 
     def _host_step(self, n, terms):
@@ -757,6 +793,21 @@ def _expected_arrays(where):
         spec["extra.perm"] = checkpoint.Expect((None,), "i", required=False)
         return spec
     return expect
+
+
+def _check_loadable(where, meta, params, opt_arrays, extra_arrays):
+    """What load_run checks, applied to a checkpoint about to be written: its meta, and every
+    array's name, shape and dtype against what that meta implies (values: see Trainer.save)."""
+    specs = _expected_arrays(where)(meta)
+    arrays = {"params": params, **{f"opt.{k}": a for k, a in opt_arrays.items()},
+              **{f"extra.{k}": a for k, a in extra_arrays.items()}}
+    for key, a in arrays.items():
+        if key not in specs:
+            raise MinivaeError(f"{where}: unexpected array {key!r}")
+        checkpoint.check_expected(where, key, a.shape, np.dtype(a.dtype), specs[key])
+    missing = [k for k, spec in specs.items() if spec.required and k not in arrays]
+    if missing:
+        raise MinivaeError(f"{where}: array {missing[0]!r} is missing")
 
 
 def load_run(path, device=None):

@@ -285,3 +285,60 @@ def test_clean_temporaries_removes_only_atomic_write_leftovers(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(keep + [".tmp-dir12345checkpoint.npz",
                                                           ".tmp-link1234checkpoint.npz"])
     assert log == [f"{tmp_path}: removed 3 temporary files (0.0 MB) left by an interrupted write"]
+
+
+# ---------------------------------------------------------------------------- 1: unloadable
+def test_optimiser_state_overflow_keeps_the_last_loadable_checkpoint(tmp_path, capsys):
+    """sigma = 1e-10: the gradients are finite but their squares overflow Adam's v.  The run
+    ends non-zero naming it, and the epoch-0 checkpoint (not one holding v = inf) is there for
+    eval, sample and --resume."""
+    d = tmp_path / "gs"
+    rc, _, err = run(["train", *SMALL, "--likelihood", "gaussian", "--sigma", "1e-10",
+                      "--epochs", "1", "--out", str(d)], capsys)
+    one_line_error(rc, err, "optimiser state v became NaN or infinite by the end of epoch 1",
+                   "the last good checkpoint (the end of epoch 0)")
+    assert load_run(d)[1]["epoch"] == 0
+    assert run(["eval", str(d)], capsys)[0] == 0
+    assert epochs_of(d) == [0]
+
+
+def test_a_nan_heldout_elbo_is_a_failed_run(tmp_path, capsys):
+    """--lr 1e6 --on-nonfinite skip: the first epoch's steps are finite but leave a model whose
+    test ELBO is NaN; that is no success: exit 2, and the epoch-0 checkpoint stays."""
+    d = tmp_path / "lr"
+    rc, _, err = run(["train", *SMALL, "--lr", "1000000", "--on-nonfinite", "skip",
+                      "--epochs", "2", "--out", str(d)], capsys)
+    one_line_error(rc, err, "the held-out test ELBO is non-finite (nan) after epoch 1", "was not saved",
+                   "(the end of epoch 0)")
+    assert load_run(d)[1]["epoch"] == 0 and epochs_of(d) == [0]
+
+
+def test_an_epoch_that_skipped_every_batch_is_a_failed_run(tmp_path):
+    """sigma = 1e-20: 1/sigma^2 overflows float32, every loss is infinite, every batch is
+    skipped (no held-out split to catch it).  Before: 'success' with a train loss of 0."""
+    from minivae.data import Dataset, make_shapes
+    from minivae.model import VAE
+    from minivae.train import Diverged, TrainConfig, Trainer
+    imgs, _ = make_shapes(40, seed=0)
+    data = Dataset("shapes", imgs.reshape(40, -1), None, None, (32, 32), "none")
+    model = VAE(1024, (8,), 2, likelihood="gaussian", sigma=1e-20)
+    tr = Trainer(model, data, TrainConfig(epochs=2, batch_size=20, on_nonfinite="skip"),
+                 str(tmp_path), log=lambda s: None)
+    with pytest.raises(Diverged, match="every one of the 2 batches of epoch 1 had a non-finite"):
+        tr.fit()
+    assert load_run(tmp_path)[1]["epoch"] == 0 and epochs_of(tmp_path) == [0]
+
+
+def test_a_checkpoint_that_would_not_load_back_is_not_written(tmp_path):
+    """A meta record the loader would refuse (here a dataset record a Python caller gave
+    malformed) stops the save before the file is touched."""
+    from minivae.data import Dataset, make_shapes
+    from minivae.model import VAE
+    from minivae.train import TrainConfig, Trainer
+    imgs, _ = make_shapes(40, seed=0)
+    data = Dataset("shapes", imgs.reshape(40, -1), None, None, (32, 32), "none")
+    tr = Trainer(VAE(1024, (8,), 2), data, TrainConfig(epochs=1, batch_size=20), str(tmp_path),
+                 log=lambda s: None, dataset_args={"binarize": 3})
+    with pytest.raises(MinivaeError, match="would not load back .*dataset record is malformed"):
+        tr.fit()
+    assert not (tmp_path / CHECKPOINT).exists()
