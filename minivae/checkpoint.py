@@ -25,6 +25,7 @@ data is read.  Anything else ends in a one-line MinivaeError naming the file.
 import io
 import json
 import os
+import stat
 import struct
 import tempfile
 import zipfile
@@ -144,6 +145,32 @@ def save(path, params, meta, opt_arrays=None, extra_arrays=None):
 
 
 # ------------------------------------------------------------------------------------- reading
+def open_regular(path):
+    """path opened for binary reading, if it is a regular file (a symlink to one is followed).
+
+    A FIFO, a device, a socket or a folder is refused with a one-line MinivaeError, checked on
+    the opened descriptor (so nothing can swap the file in between) and opened without
+    blocking (so a FIFO with no writer cannot hang us)."""
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise MinivaeError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode)
+                    else "a socket" if stat.S_ISSOCK(mode) else "a device")
+            raise MinivaeError(f"{path} is {kind}, not a regular file; minivae reads only the "
+                               "files it wrote: remove it, or put that file back")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _damaged(path, what):
     return MinivaeError(f"{path}: {what}; the file is damaged or not a minivae checkpoint")
 
@@ -243,12 +270,14 @@ def load(path, expect=None):
     expect the caller checks the arrays against the model its config builds (``check_against``).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise MinivaeError(f"no checkpoint at {path}; pass a run directory or a .npz written by "
-                           "minivae train")
     try:
-        file_size = os.path.getsize(path)
-        with zipfile.ZipFile(path) as zf:
+        fileobj = open_regular(path)
+    except FileNotFoundError:
+        raise MinivaeError(f"no checkpoint at {path}; pass a run directory or a .npz written by "
+                           "minivae train") from None
+    try:
+        file_size = os.fstat(fileobj.fileno()).st_size
+        with fileobj, zipfile.ZipFile(fileobj) as zf:
             members = _members(path, zf, file_size)
             if "meta" not in members or "params" not in members:
                 raise MinivaeError(f"{path} is not a minivae checkpoint (no meta/params arrays)")

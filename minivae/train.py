@@ -54,6 +54,13 @@ def _is_int(v, lo=0):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo
 
 
+MAX_COUNT = 2 ** 63 - 1               # bound of the counters a checkpoint or a metric row holds
+
+
+def _is_count(v):
+    return _is_int(v) and v <= MAX_COUNT
+
+
 def _is_real(v):
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
@@ -343,12 +350,8 @@ class Trainer:
     def _trim_metrics(self):
         """Drop metric rows written after the checkpoint (a crash between the two writes)."""
         path = os.path.join(self.run_dir, METRICS)
-        if not os.path.exists(path):
-            return
-        rows = read_metrics(self.run_dir)
-        keep = [r for r in rows if r.get("epoch", 0) <= self.epoch]
-        with open(path, "rb") as f:
-            torn = not f.read().endswith(b"\n") and os.path.getsize(path) > 0
+        rows, torn = _read_metrics(path)
+        keep = [r for r in rows if r["epoch"] <= self.epoch]
         if len(keep) != len(rows) or torn:
             text = "".join(json.dumps(r) + "\n" for r in keep).encode()
             checkpoint.atomic_write(path, lambda f: f.write(text))
@@ -750,13 +753,17 @@ def _check_meta(where, meta):
     shape = meta["image_shape"]
     if not (isinstance(shape, list) and shape and all(_is_int(s, 1) for s in shape)
             and math.prod(shape) == meta["model"]["data_dim"]):
-        raise MinivaeError(f"{where}: image_shape {shape!r} does not match data_dim "
-                           f"{meta['model']['data_dim']}")
+        raise MinivaeError(f"{where}: image_shape {str(shape)[:80]} does not match data_dim "
+                           f"{meta['model']['data_dim']}; the file is damaged")
+    if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))):
+        raise MinivaeError(f"{where}: image_shape {str(shape)[:80]} is not [height, width] or "
+                           "[height, width, 1 or 3 channels]; the file is damaged")
     for k in ("epoch", "step", "global_step"):
-        if not _is_int(meta.get(k, 0)):
-            raise MinivaeError(f"{where}: {k} must be an integer >= 0, got {meta.get(k)!r}")
+        if not _is_count(meta.get(k, 0)):
+            raise MinivaeError(f"{where}: {k} must be an integer in [0, 2^63), got "
+                               f"{str(meta.get(k))[:40]}; the file is damaged")
     o = meta["opt"]
-    if not (isinstance(o, dict) and _is_int(o.get("t"))
+    if not (isinstance(o, dict) and _is_count(o.get("t"))
             and ("lr" not in o or (_is_real(o["lr"]) and math.isfinite(o["lr"]) and o["lr"] > 0))):
         raise MinivaeError(f"{where}: its optimiser record {str(o)[:80]} is malformed")
     _check_state(where, "data", meta["data_rng"])
@@ -774,7 +781,7 @@ def _check_meta(where, meta):
     if tot is not None and not (
             isinstance(tot, dict) and isinstance(tot.get("sums"), list) and len(tot["sums"]) == 3
             and all(_is_real(s) and math.isfinite(s) for s in tot["sums"])
-            and _is_int(tot.get("n")) and _is_int(tot.get("skipped"))
+            and _is_count(tot.get("n")) and _is_count(tot.get("skipped"))
             and _is_real(tot.get("seconds")) and math.isfinite(tot["seconds"])):
         raise MinivaeError(f"{where}: its epoch totals are malformed; the file is damaged")
     return shapes
@@ -838,17 +845,32 @@ def load_run(path, device=None):
     return model, meta, opt, extra
 
 
+MAX_METRICS_BYTES = 64 << 20        # a metrics.jsonl larger than this is no minivae run's
+
+
 def read_metrics(run_dir):
     """The metric rows of a run directory (a list of dicts; [] when there are none yet).
 
-    A last line cut short by a crash is ignored; any other unreadable line is an error.
+    A last line cut short by a crash is ignored; any other unreadable line, a row whose epoch
+    is not an integer >= 0 or whose other values are not numbers, and a file that is not a
+    regular one (a FIFO, a folder) are one-line MinivaeErrors naming the file, line and field.
     """
-    path = os.path.join(run_dir, METRICS)
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
-    rows = []
+    return _read_metrics(os.path.join(run_dir, METRICS))[0]
+
+
+def _read_metrics(path):
+    """(rows, torn): the rows of the metrics file at path, and whether its last line was cut."""
+    try:
+        f = checkpoint.open_regular(path)
+    except FileNotFoundError:
+        return [], False
+    with f:
+        raw = f.read(MAX_METRICS_BYTES + 1)
+    if len(raw) > MAX_METRICS_BYTES:
+        raise MinivaeError(f"{path} holds more than {MAX_METRICS_BYTES >> 20} MB, more than any "
+                           "run writes; the file is damaged or not minivae's")
+    lines = raw.split(b"\n")
+    rows, torn = [], bool(raw) and not raw.endswith(b"\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -861,5 +883,14 @@ def read_metrics(run_dir):
                 break
             raise MinivaeError(f"{path}: line {i + 1} is not a JSON object; the file is "
                                "damaged") from None
+        where = f"{path}: line {i + 1}"
+        if not _is_count(row.get("epoch")):
+            raise MinivaeError(f"{where}: epoch must be an integer >= 0, got "
+                               f"{str(row.get('epoch'))[:40]}; the file is damaged (repair or "
+                               "remove the line)")
+        for k, v in row.items():
+            if not _is_real(v):
+                raise MinivaeError(f"{where}: {k[:40]} must be a number, got {str(v)[:40]}; "
+                                   "the file is damaged (repair or remove the line)")
         rows.append(row)
-    return rows
+    return rows, torn

@@ -7,16 +7,18 @@ dataset before ``cli.main``), so that each costs about a second of CPU.
 """
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import minivae.data.datasets as datasets
-from minivae import cli, rundir
+from minivae import checkpoint, cli, rundir
 from minivae.errors import MinivaeError
 from minivae.train import CHECKPOINT, load_run
 
@@ -342,3 +344,117 @@ def test_a_checkpoint_that_would_not_load_back_is_not_written(tmp_path):
     with pytest.raises(MinivaeError, match="would not load back .*dataset record is malformed"):
         tr.fit()
     assert not (tmp_path / CHECKPOINT).exists()
+
+
+# ---------------------------------------------------------------------------- 4: damaged files
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished one-epoch run made by `minivae train` (copied before each damage)."""
+    d = tmp_path_factory.mktemp("finished") / "run"
+    mp = pytest.MonkeyPatch()
+    mp.setattr(datasets, "SHAPES_TRAIN", 300)
+    mp.setattr(datasets, "SHAPES_TEST", 50)
+    mp.setattr(cli, "_figures", lambda *a: None)
+    try:
+        assert cli.main(["train", *SMALL, "--epochs", "1", "--out", str(d)]) == 0
+    finally:
+        mp.undo()
+    return d
+
+
+def copy_run(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def rewrite_meta(path, key, value):
+    """Write the checkpoint at path again with meta[key] (dotted) set to value."""
+    params, meta, opt, extra = checkpoint.load(path)
+    d = meta
+    for k in key.split(".")[:-1]:
+        d = d[k]
+    d[key.split(".")[-1]] = value
+    arrays = {"params": params, **{f"opt.{k}": a for k, a in opt.items()},
+              **{f"extra.{k}": a for k, a in extra.items()}, "meta": np.array(json.dumps(meta))}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+BAD_ROWS = [('{"epoch": "abc"}', "epoch must be an integer >= 0, got abc"),
+            ('{"epoch": null}', "epoch must be an integer >= 0, got None"),
+            ('{"epoch": true}', "epoch must be an integer >= 0, got True"),
+            ('{"epoch": -1}', "epoch must be an integer >= 0, got -1"),
+            ('{"step": 3}', "epoch must be an integer >= 0, got None"),
+            ('{"epoch": 1e400}', "epoch must be an integer >= 0, got inf"),
+            ('{"epoch": 1, "train_loss": "low"}', "train_loss must be a number, got low"),
+            ('{"epoch": 1, "test_elbo": [1]}', "test_elbo must be a number, got [1]"),
+            ('[1, 2]', "is not a JSON object")]
+
+
+@pytest.mark.parametrize("line, needle", BAD_ROWS, ids=[r for r, _ in BAD_ROWS])
+def test_a_damaged_metrics_row_is_one_line_on_resume(tmp_path, capsys, finished, line, needle):
+    d = copy_run(finished, tmp_path / "run")
+    with open(d / "metrics.jsonl", "a") as f:
+        f.write(line + "\n" + json.dumps({"epoch": 1}) + "\n")
+    before = snapshot(d)
+    rc, _, err = run(["train", "--resume", str(d), "--epochs", "2", "--no-progress"], capsys)
+    one_line_error(rc, err, f"{d / 'metrics.jsonl'}: line 3", needle)
+    assert snapshot(d) == before                                  # nothing rewritten
+
+
+@pytest.mark.parametrize("name, command", [("metrics.jsonl", "resume"),
+                                           ("checkpoint.npz", "resume"),
+                                           ("checkpoint.npz", "eval"),
+                                           ("checkpoint.npz", "sample")])
+def test_a_fifo_in_the_run_directory_is_refused_not_waited_on(tmp_path, finished, name, command):
+    """A real FIFO with no writer: reading it would block forever; the real entry point must
+    refuse it (exit 2, one line) within the timeout."""
+    d = copy_run(finished, tmp_path / "run")
+    os.unlink(d / name)
+    os.mkfifo(d / name)
+    argv = {"resume": ["train", "--resume", d, "--epochs", "2", "--no-progress"],
+            "eval": ["eval", d], "sample": ["sample", d]}[command]
+    rc, _, err = finish(cli_process(*argv), timeout=60)
+    one_line_error(rc, err, f"{d / name} is a FIFO, not a regular file")
+
+
+def test_a_folder_in_place_of_metrics_is_refused(tmp_path, capsys, finished):
+    d = copy_run(finished, tmp_path / "run")
+    os.unlink(d / "metrics.jsonl")
+    os.mkdir(d / "metrics.jsonl")
+    rc, _, err = run(["train", "--resume", str(d), "--epochs", "2", "--no-progress"], capsys)
+    one_line_error(rc, err, "metrics.jsonl is a folder, not a regular file")
+
+
+BAD_META = [("opt.t", 10 ** 400, "its optimiser record"),
+            ("opt.t", 2 ** 63, "its optimiser record"),
+            ("epoch", 10 ** 400, "epoch must be an integer in [0, 2^63)"),
+            ("global_step", 2 ** 64, "global_step must be an integer in [0, 2^63)"),
+            ("epoch_totals.n", 10 ** 30, "epoch totals are malformed"),
+            ("image_shape", [1024], "image_shape [1024] is not [height, width]"),
+            ("image_shape", [4, 16, 16], "image_shape [4, 16, 16] is not [height, width]"),
+            ("image_shape", [1] * 71 + [32, 32], "image_shape [1, 1, 1"),
+            ("image_shape", [32, 16, 2], "is not [height, width]")]
+
+
+@pytest.mark.parametrize("command", ["resume", "sample", "eval"])
+@pytest.mark.parametrize("key, value, needle", BAD_META,
+                         ids=[f"{k}={str(v)[:10]}" for k, v, _ in BAD_META])
+def test_damaged_checkpoint_meta_is_one_line(tmp_path, capsys, finished, command, key, value,
+                                              needle):
+    d = copy_run(finished, tmp_path / "run")
+    rewrite_meta(d / CHECKPOINT, key, value)
+    before = snapshot(d)
+    argv = {"resume": ["train", "--resume", str(d), "--epochs", "3", "--no-progress"],
+            "sample": ["sample", str(d)], "eval": ["eval", str(d)]}[command]
+    rc, _, err = run(argv, capsys)
+    one_line_error(rc, err, f"{d / CHECKPOINT}: ", needle)
+    assert snapshot(d) == before
+
+
+def test_a_drawable_shape_still_samples(tmp_path, capsys, finished):
+    """The check refuses what cannot be drawn, not a shape with a channel axis: [16, 64, 1]."""
+    d = copy_run(finished, tmp_path / "run")
+    rewrite_meta(d / CHECKPOINT, "image_shape", [16, 64, 1])
+    rc, out, err = run(["sample", str(d), "--n", "4"], capsys)
+    assert rc == 0, err
