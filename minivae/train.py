@@ -235,12 +235,13 @@ class Trainer:
         arrays, _ = self.opt.state()
         when = (f"by the end of epoch {self.epoch}" if self.step == 0 else
                 f"by epoch {self.epoch + 1} step {self.step}")
-        bad = [name for name, a in [("parameters", self.model.buffer.data)]
-               + [(f"optimiser state {k}", a) for k, a in arrays.items()]
-               if not bool(xp.isfinite(a).all())]
-        if bad:
-            raise Diverged(f"{' and '.join(bad)} became NaN or infinite {when} (global step "
-                           f"{self.global_step}), so no checkpoint was written: "
+        named = [("parameters", self.model.buffer.data)] + [
+            (f"optimiser state {k}", a) for k, a in arrays.items()]
+        finite = [xp.isfinite(a).all() for _, a in named]
+        if not bool(xp.stack(finite).all()):       # one device read for all of them
+            bad = [name for (name, _), ok in zip(named, finite) if not bool(ok)]
+            raise Diverged(f"{' and '.join(bad)} became NaN or infinite {when} (global "
+                           f"step {self.global_step}), so no checkpoint was written: "
                            f"{_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         extra = {"perm": self.perm} if self.perm is not None else {}
         path = os.path.join(self.run_dir, CHECKPOINT)
