@@ -177,6 +177,8 @@ def build_parser():
     t.add_argument("--iwae-n", type=_positive(int), default=None,
                    help="held-out images for --iwae [default: all]")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-memory-check", action="store_true", help="train even when the "
+                   "memory estimate exceeds what the machine has free")
 
     e = sub.add_parser("eval", help="held-out ELBO (and importance-sampled log p(x)) of a run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -258,6 +260,27 @@ def _make_run_dir(out, dataset):
     return rundir.create(out)
 
 
+def _check_memory(args):
+    """Refuse, before the data and the model are allocated, a run the memory estimate says
+    cannot fit (memory.py), unless --no-memory-check."""
+    import numpy as np
+    from . import memory
+    from .backend import array_module, resolve_device
+    from .data import datasets
+    if args.no_memory_check:
+        return
+    D = 1024 if args.dataset == "shapes" else 784
+    n = memory.dataset_images(args.dataset, args.valid_size,
+                              (datasets.SHAPES_TRAIN, datasets.SHAPES_TEST))
+    parts = memory.estimate(D, args.hidden, args.latent_dim, np.dtype(args.dtype).itemsize,
+                            args.optimizer, args.batch_size, args.samples,
+                            rows=10000 if args.iwae else 0, n_images=n or 0)
+    if resolve_device(args.device) == "cuda":      # the model lives on the device, data here
+        on_device = {k: parts.pop(k) for k in ("parameters", "optimiser", "workspace")}
+        memory.check(on_device, memory.device_available(array_module("cuda")), "GPU memory")
+    memory.check(parts, memory.available())
+
+
 def _load_data(name, data_dir, binarize, valid_size, seed):
     from .data import load_dataset
     return load_dataset(name, data_dir=data_dir, binarize=binarize, valid_size=valid_size,
@@ -313,6 +336,7 @@ def _cmd_train(args, held):
         log(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.step + 1}")
     else:
         _resolve(args)
+        _check_memory(args)
         data = _load_data(args.dataset, args.data_dir, args.binarize, args.valid_size, args.seed)
         model = _make_model(args, data.dim, _conv_options(args, data))
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -458,3 +458,54 @@ def test_a_drawable_shape_still_samples(tmp_path, capsys, finished):
     rewrite_meta(d / CHECKPOINT, "image_shape", [16, 64, 1])
     rc, out, err = run(["sample", str(d), "--n", "4"], capsys)
     assert rc == 0, err
+
+
+# ---------------------------------------------------------------------------- 5: memory
+@pytest.mark.parametrize("argv, part", [(["--hidden", "100000000"], "parameters"),
+                                        (["--valid-size", "1000000000"], "data")])
+def test_a_run_beyond_any_machine_is_refused_before_allocating(tmp_path, argv, part):
+    """The real entry point, sizes no machine has (~5 TB): one line naming the estimate and
+    what is available, exit 2, within seconds and without a run directory.  (Before: the
+    allocation itself failed, or on a smaller request the kernel killed the run, exit 137.)"""
+    d = tmp_path / "run"
+    rc, _, err = finish(cli_process("train", *argv, "--out", d), timeout=120)
+    last = one_line_error(rc, err, "this run needs about", "GB is available", part,
+                          "--no-memory-check")
+    assert len(err.strip().splitlines()) == 1, err
+    assert not d.exists()
+
+
+def test_the_estimate_against_the_machine(tmp_path, capsys, monkeypatch):
+    """With 300 MB free (memory.available patched), a 4000-wide model (8.3 M parameters: 200 MB
+    of parameters, gradients, Adam state and a checkpoint copy, and a 4000-wide workspace) is
+    refused; --no-memory-check runs it."""
+    from minivae import memory
+    monkeypatch.setattr(memory, "available", lambda: 300_000_000)
+    argv = ["train", "--hidden", "4000", "--latent-dim", "2", "--batch-size", "100",
+            "--no-progress", "--epochs", "0"]
+    rc, _, err = run([*argv, "--out", str(tmp_path / "a")], capsys)
+    one_line_error(rc, err, "this run needs about 238 MB of memory (workspace 72 MB, "
+                   "parameters 66 MB, optimiser 66 MB, checkpoint 33 MB; and ~268 MB for Python "
+                   "and its libraries) but 300 MB is available")
+    assert not (tmp_path / "a").exists()
+    rc, _, err = run([*argv, "--no-memory-check", "--out", str(tmp_path / "b")], capsys)
+    assert rc == 0, err
+
+
+def test_the_parameter_count_of_the_estimate_is_the_models():
+    """memory.estimate counts parameters from the sizes alone; it must agree with the VAE."""
+    from minivae import memory
+    from minivae.model import VAE
+    for D, H, Z in [(1024, (16,), 2), (784, (200, 100), 50), (12, (), 3)]:
+        P = VAE(D, H, Z).num_params()
+        parts = memory.estimate(D, H, Z, 4, "adam", 1, 1, eval_batch=1)
+        assert parts["parameters"] == 2 * P * 4 and parts["optimiser"] == 2 * P * 4
+        assert memory.estimate(D, H, Z, 8, "sgd")["optimiser"] == P * 8
+
+
+def test_available_memory_is_read():
+    from minivae import memory
+    have = memory.available()
+    assert have is None or 0 < have < 1 << 50
+    if os.path.exists("/proc/meminfo"):
+        assert have is not None
