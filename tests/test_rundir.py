@@ -5,17 +5,23 @@ during a checkpoint write for the stale temporaries, a real FIFO for "only regul
 read".  Subprocesses run the CLI on 300 built-in shapes images (``SMALL_CLI`` below shrinks the
 dataset before ``cli.main``), so that each costs about a second of CPU.
 """
+import contextlib
+import io
 import json
 import os
+import pathlib
 import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import minivae.data.datasets as datasets
 from minivae import checkpoint, cli, rundir
@@ -509,3 +515,118 @@ def test_available_memory_is_read():
     assert have is None or 0 < have < 1 << 50
     if os.path.exists("/proc/meminfo"):
         assert have is not None
+
+
+# ---------------------------------------------------------------------------- fuzzing
+FUZZ = settings(deadline=None, max_examples=40,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+numbers = st.integers(-2 ** 70, 2 ** 70) | st.floats(allow_nan=True, allow_infinity=True)
+json_values = st.recursive(st.none() | st.booleans() | numbers | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=3)
+                           | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+                           max_leaves=8)
+good_rows = st.fixed_dictionaries({"epoch": st.integers(0, 5)},
+                                  optional={"step": st.integers(0, 100), "train_loss": numbers,
+                                            "test_elbo": numbers, "seconds": numbers})
+rows_text = st.one_of(good_rows.map(json.dumps),
+                      st.dictionaries(st.sampled_from(["epoch", "step", "test_elbo", "x"]),
+                                      json_values, max_size=4).map(json.dumps),
+                      json_values.map(json.dumps), st.text(max_size=30))
+
+
+@FUZZ
+@given(lines=st.lists(rows_text, max_size=8), newline=st.booleans(),
+       junk=st.binary(max_size=16), epoch=st.integers(0, 5))
+def test_fuzz_metrics_file(tmp_path, lines, newline, junk, epoch):
+    """Any metrics.jsonl: read_metrics and the resume's trim return rows of integer epochs and
+    numbers, or raise a one-line MinivaeError naming the file; the trim keeps every row up to
+    the checkpoint's epoch and drops only the later ones."""
+    from minivae.train import Trainer, read_metrics
+    d = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
+    raw = ("\n".join(lines) + ("\n" if newline else "")).encode() + junk
+    (d / "metrics.jsonl").write_bytes(raw)
+    try:
+        rows = read_metrics(d)
+    except MinivaeError as e:
+        assert "\n" not in str(e) and str(d / "metrics.jsonl") in str(e)
+        return
+    for r in rows:
+        assert isinstance(r["epoch"], int) and not isinstance(r["epoch"], bool)
+        assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r.values())
+    trainer = object.__new__(Trainer)             # the trim reads only run_dir and epoch
+    trainer.run_dir, trainer.epoch = str(d), epoch
+    trainer._trim_metrics()
+    assert ([json.dumps(r) for r in read_metrics(d)]          # json: NaN equals NaN
+            == [json.dumps(r) for r in rows if r["epoch"] <= epoch])
+    assert not [n for n in os.listdir(d) if n.startswith(".tmp-")]
+
+
+ENTRY_KINDS = ["good", "missing", "truncated", "garbage", "folder", "fifo", "dangling-link",
+               "link-to-good"]
+
+
+def make_entry(path, kind, good, cut, junk):
+    if kind == "missing":
+        return
+    if kind == "good":
+        path.write_bytes(good)
+    elif kind == "truncated":
+        path.write_bytes(good[:cut % (len(good) + 1)])
+    elif kind == "garbage":
+        path.write_bytes(junk)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dangling-link":
+        os.symlink(path.parent / "nowhere", path)
+    elif kind == "link-to-good":
+        target = path.parent / f"real-{path.name}"
+        target.write_bytes(good)
+        os.symlink(target, path)
+
+
+class Alarm(Exception):
+    pass
+
+
+@FUZZ
+@given(kinds=st.fixed_dictionaries({n: st.sampled_from(ENTRY_KINDS) for n in
+                                    ("checkpoint.npz", "metrics.jsonl", "config.json",
+                                     rundir.LOCK, ".tmp-abcd1234checkpoint.npz")}),
+       cut=st.integers(0, 10 ** 6), junk=st.binary(max_size=64),
+       command=st.sampled_from(["resume", "eval"]))
+def test_fuzz_run_directory(tmp_path, finished, kinds, cut, junk, command):
+    """A run directory whose every entry is good, missing, cut short, garbage, a folder, a
+    FIFO or a link: resume and eval end with exit 0 or one line and exit 2, within seconds
+    (an alarm turns a hang into a failure), and a checkpoint that was good is still good."""
+    d = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
+    for name, kind in kinds.items():
+        good = (finished / name).read_bytes() if (finished / name).exists() else b"{}"
+        make_entry(d / name, kind, good, cut, junk)
+    ck_before = (d / CHECKPOINT).read_bytes() if kinds[CHECKPOINT] == "good" else None
+    argv = {"resume": ["train", "--resume", str(d), "--epochs", "1", "--no-progress"],
+            "eval": ["eval", str(d)]}[command]
+
+    def alarm(*a):
+        raise Alarm
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(60)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            rc = cli.main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    err = err.getvalue()
+    assert rc in (0, 2), (rc, err)
+    assert "Traceback" not in err
+    if rc == 2:
+        assert err.strip().splitlines()[-1].startswith("minivae: error: "), err
+    if ck_before is not None:
+        assert (d / CHECKPOINT).read_bytes() == ck_before
+    if command == "resume" and kinds[rundir.LOCK] in ("good", "missing", "truncated",
+                                                      "garbage", "link-to-good"):
+        assert not os.path.lexists(d / rundir.LOCK) or rc == 2
+    assert not rundir._held
