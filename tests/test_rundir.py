@@ -630,3 +630,14 @@ def test_fuzz_run_directory(tmp_path, finished, kinds, cut, junk, command):
                                                       "garbage", "link-to-good"):
         assert not os.path.lexists(d / rundir.LOCK) or rc == 2
     assert not rundir._held
+
+
+def test_on_a_gpu_the_model_is_checked_against_the_devices_free_memory(tmp_path, capsys, gpu):
+    """--device cuda: parameters, optimiser state and workspace live on the device, so they are
+    compared with its free memory (the stand-in reports 16 GB; a real GPU its own): a 10,000
+    batch through a 10^6-wide layer needs ~370 GB there and is refused before anything is made."""
+    free = gpu.cuda.Device().mem_info[0]
+    rc, _, err = run(["train", "--device", "cuda", "--hidden", "1000000", "--batch-size",
+                      "10000", "--no-progress", "--out", str(tmp_path / "g")], capsys)
+    one_line_error(rc, err, "of GPU memory (workspace ", f"but {free / 1e9:.1f} GB is available")
+    assert not (tmp_path / "g").exists()
