@@ -267,9 +267,11 @@ def _check_memory(args):
     from . import memory
     from .backend import array_module, resolve_device
     from .data import datasets
-    if args.no_memory_check:
-        return
+    from .params import MAX_ELEMENTS
     D = 1024 if args.dataset == "shapes" else 784
+    if args.no_memory_check or memory.parameter_count(D, args.hidden,
+                                                      args.latent_dim) > MAX_ELEMENTS:
+        return                          # the model refuses that many parameters itself
     n = memory.dataset_images(args.dataset, args.valid_size,
                               (datasets.SHAPES_TRAIN, datasets.SHAPES_TEST))
     parts = memory.estimate(D, args.hidden, args.latent_dim, np.dtype(args.dtype).itemsize,

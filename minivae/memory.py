@@ -32,11 +32,7 @@ def estimate(data_dim, hidden, latent_dim, itemsize=4, optimizer="adam", batch_s
              samples=1, eval_batch=1000, rows=0, n_images=0, likelihood_params=0):
     """{part: bytes} of a training run (see the module docstring); no array is made."""
     D, Z, H = int(data_dim), int(latent_dim), [int(h) for h in hidden]
-    widths = [D, *H, 2 * Z]
-    P = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))              # encoder
-    widths = [Z, *H[::-1], D]
-    P += sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))             # decoder
-    P += int(likelihood_params)
+    P = parameter_count(D, H, Z) + int(likelihood_params)
     states = {"adam": 2, "sgd": 1}.get(optimizer, 2)
     h = sum(H)
     work = max(int(batch_size) * int(samples) * (8 * h + 4 * D + 5 * Z),
@@ -44,6 +40,13 @@ def estimate(data_dim, hidden, latent_dim, itemsize=4, optimizer="adam", batch_s
     return {"parameters": 2 * P * itemsize, "optimiser": states * P * itemsize,
             "checkpoint": P * itemsize, "data": int(n_images) * D * 4,
             "workspace": work * itemsize}
+
+
+def parameter_count(data_dim, hidden, latent_dim):
+    """Weights and biases of the MLP encoder D -> H.. -> 2Z and decoder Z -> ..H -> D."""
+    enc = [int(data_dim), *map(int, hidden), 2 * int(latent_dim)]
+    dec = [int(latent_dim), *map(int, hidden[::-1]), int(data_dim)]
+    return sum(a * b + b for w in (enc, dec) for a, b in zip(w[:-1], w[1:]))
 
 
 def available():

@@ -467,12 +467,13 @@ def test_a_drawable_shape_still_samples(tmp_path, capsys, finished):
 
 
 # ---------------------------------------------------------------------------- 5: memory
-@pytest.mark.parametrize("argv, part", [(["--hidden", "100000000"], "parameters"),
+@pytest.mark.parametrize("argv, part", [(["--hidden", "1000000", "--batch-size", "100000"],
+                                         "workspace"),
                                         (["--valid-size", "1000000000"], "data")])
 def test_a_run_beyond_any_machine_is_refused_before_allocating(tmp_path, argv, part):
-    """The real entry point, sizes no machine has (~5 TB): one line naming the estimate and
-    what is available, exit 2, within seconds and without a run directory.  (Before: the
-    allocation itself failed, or on a smaller request the kernel killed the run, exit 137.)"""
+    """The real entry point, sizes no machine has (petabytes of workspace, 4 TB of images):
+    one line naming the estimate and what is available, exit 2, within seconds and without a
+    run directory.  (Before: they allocated until the kernel killed the run, exit 137.)"""
     d = tmp_path / "run"
     rc, _, err = finish(cli_process("train", *argv, "--out", d), timeout=120)
     last = one_line_error(rc, err, "this run needs about", "GB is available", part,
