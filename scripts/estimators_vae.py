@@ -450,6 +450,10 @@ def figure_curves(path, runs, title, ylabel="held-out ELBO (nats)"):
     if lo is not None:
         hi = max(v for c in runs.values() for _, v in c)
         ax.set_ylim(lo - 0.1 * (hi - lo), hi + 0.05 * (hi - lo))
+        start = min(c[0][1] for c in runs.values())
+        if start < lo - 0.1 * (hi - lo):         # the untrained start, off the axis: say so
+            ax.annotate(f"step 0: {start:.0f} (below the axis)", xy=(0.02, 0.02),
+                        xycoords="axes fraction", fontsize=8, color="0.35")
     ax.set_xlabel("Adam step")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
