@@ -36,9 +36,11 @@ summed over all N posteriors (O(N^2 Z), chunked).  Why: at evaluation time the N
 few thousand images is cheap, and it estimates the TC of the subsample's aggregate posterior
 with no importance weights; minibatch-weighted sampling (their training-time estimator) stands
 a batch of M for the whole data with weights that make it biased for small M.  The remaining
-bias, from a finite mixture standing for q(z), is O(1/N) (the self-term q(z_n|x_n)/N and the
-Jensen term of a log of a mean); the standard error returned, sd(t_n)/sqrt(N) of the per-draw
-terms t_n, bounds the stratified sampling error from above.
+bias, from a finite mixture standing for q(z), is O(1/N) when the posteriors overlap (the
+self-term q(z_n|x_n)/N and the Jensen term of a log of a mean), but not when they are narrow
+against their spacing: then the self-term dominates (see tc_loo below, the leave-one-out
+version that brackets it from the other side).  The standard error returned, sd(t_n)/sqrt(N)
+of the per-draw terms t_n, bounds the stratified sampling error from above.
 """
 import math
 
@@ -221,8 +223,14 @@ def total_correlation(mu, logvar, rng, n=None, chunk=256):
     """TC of the aggregate posterior by the exact sum over a subsample (module docstring).
 
     mu, logvar: (N, Z) of q(z|x_n); n: subsample size (default all N); rng: a Generator for the
-    subsample and the draws z_n ~ q(z|x_n).  Returns dict(tc, se, n, joint (E log q(z)),
-    marginals (Z,) (E log q(z_j))).
+    subsample and the draws z_n ~ q(z|x_n).  Returns dict(tc, se, tc_loo, se_loo, n, joint
+    (E log q(z)), marginals (Z,) (E log q(z_j))).
+
+    tc_loo leaves each draw's own posterior out of the sums (1/(N-1) sum_{m != n}).  When the
+    posteriors are narrow against their spacing (a high rate, I(x; z) near or above log N) the
+    self-term dominates log q(z_n): the joint density is overestimated, and tc with it, while
+    the leave-one-out sums underestimate it (Jensen, worst in Z dimensions).  The two estimates
+    agree when N is large enough for the rate; their gap is the warning that it is not.
     """
     mu, logvar = _host(mu, "mu", 2), _host(logvar, "logvar", 2)
     if mu.shape != logvar.shape:
@@ -231,15 +239,23 @@ def total_correlation(mu, logvar, rng, n=None, chunk=256):
     if n is not None and n < N:
         idx = rng.choice(N, size=int(n), replace=False)
         mu, logvar, N = mu[idx], logvar[idx], int(n)
+    if N < 2:
+        raise MinivaeError(f"total_correlation needs at least 2 posteriors, got {N}")
     z = mu + np.exp(0.5 * logvar) * rng.standard_normal(mu.shape)
-    log_joint, log_marg = np.empty(N), np.empty((N, Z))
+    log_joint, log_marg = np.empty((2, N)), np.empty((2, N, Z))   # [with self, leave-one-out]
     for i in range(0, N, chunk):
         lp = _log_normal(z[i:i + chunk, None, :], mu[None], logvar[None])   # (c, N, Z)
-        log_marg[i:i + chunk] = _logsumexp(lp, axis=1) - math.log(N)
-        log_joint[i:i + chunk] = _logsumexp(lp.sum(-1), axis=1) - math.log(N)
-    t = log_joint - log_marg.sum(1)
-    return dict(tc=float(t.mean()), se=float(t.std(ddof=1) / math.sqrt(N)) if N > 1 else math.inf,
-                n=N, joint=float(log_joint.mean()), marginals=log_marg.mean(0))
+        log_marg[0, i:i + chunk] = _logsumexp(lp, axis=1) - math.log(N)
+        log_joint[0, i:i + chunk] = _logsumexp(lp.sum(-1), axis=1) - math.log(N)
+        rows = np.arange(lp.shape[0])
+        lp[rows, i + rows] = -np.inf                                        # drop q(z_n | x_n)
+        log_marg[1, i:i + chunk] = _logsumexp(lp, axis=1) - math.log(N - 1)
+        log_joint[1, i:i + chunk] = _logsumexp(lp.sum(-1), axis=1) - math.log(N - 1)
+    t = log_joint - log_marg.sum(2)                                         # (2, N)
+    se = t.std(axis=1, ddof=1) / math.sqrt(N)
+    return dict(tc=float(t[0].mean()), se=float(se[0]), tc_loo=float(t[1].mean()),
+                se_loo=float(se[1]), n=N, joint=float(log_joint[0].mean()),
+                marginals=log_marg[0].mean(0))
 
 
 def gaussian_total_correlation(cov):

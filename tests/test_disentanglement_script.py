@@ -69,9 +69,11 @@ def test_quick_run_verdicts_follow_from_the_per_seed_numbers(quick_run):
     d1 = all(d(a, b, "rate")[0] < -T * d(a, b, "rate")[1]
              and d(a, b, "distortion")[0] > T * d(a, b, "distortion")[1]
              for a, b in zip(names, names[1:]))
-    tc, tse = d(names[0], names[-1], "tc")
-    d2 = tc < -T * tse and not any(d(a, b, "tc")[0] > T * d(a, b, "tc")[1]
-                                   for a, b in zip(names, names[1:]))
+    d2 = True
+    for key in ("tc", "tc_loo"):
+        tc, tse = d(names[0], names[-1], key)
+        d2 = d2 and tc < -T * tse and not any(d(a, b, key)[0] > T * d(a, b, key)[1]
+                                              for a, b in zip(names, names[1:]))
     best = max(range(len(names)), key=lambda i: ms(names[i], "mig")[0])
     rise, se = d(names[0], names[best], "mig")
     d3 = best > 0 and rise > T * se
@@ -114,11 +116,12 @@ SIZES = dis.Sizes(betas=(1.0, 4.0, 16.0), seeds=3)
 T = dis.t_crit(3)
 
 
-def sweep(rate, dist, tc, mig, cap=None):
-    vals = {f"beta{b:g}": dict(rate=r, distortion=d, tc=t, mig=m, factorvae=[0.5] * 3)
-            for b, r, d, t, m in zip(SIZES.betas, rate, dist, tc, mig)}
+def sweep(rate, dist, tc, mig, cap=None, tc_loo=None):
+    tc_loo = tc_loo or tc
+    vals = {f"beta{b:g}": dict(rate=r, distortion=d, tc=t, tc_loo=tl, mig=m, factorvae=[0.5] * 3)
+            for b, r, d, t, tl, m in zip(SIZES.betas, rate, dist, tc, tc_loo, mig)}
     vals["capacity"] = cap or dict(rate=[5, 5.1, 4.9], distortion=[100, 101, 99], tc=[1, 1, 1],
-                                   mig=[0.3, 0.31, 0.29], factorvae=[0.5] * 3)
+                                   tc_loo=[1, 1, 1], mig=[0.3, 0.31, 0.29], factorvae=[0.5] * 3)
     return fake(vals)
 
 
@@ -140,6 +143,7 @@ def test_checks_verify_a_clean_sweep():
     ("D1", dict(dist=[[80, 81, 79], [79, 80, 78], [120, 121, 119]])),    # distortion falls
     ("D2", dict(tc=[[2, 2.1, 1.9], [3, 3.1, 2.9], [0.3, 0.35, 0.25]])),  # a significant rise
     ("D2", dict(tc=[[2, 3, 1], [2, 3, 1], [1.5, 3, 0.5]])),              # drop within the spread
+    ("D2", dict(tc_loo=[[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [0.2, 0.2, 0.2]])),  # not in the other
     ("D3", dict(mig=[[0.3, 0.31, 0.29], [0.2, 0.21, 0.19], [0.1, 0.11, 0.09]])),   # falls
     ("D3", dict(mig=[[0.1, 0.3, 0.0], [0.15, 0.35, 0.0], [0.1, 0.2, 0.0]])),       # noise
 ])
@@ -155,7 +159,7 @@ def test_checks_fail_when_the_claim_does_not_hold(claim, change):
     (dict(rate=[5] * 3, distortion=[119, 121, 120], mig=[0.3, 0.31, 0.29]), False),  # rec same
 ])
 def test_capacity_check(cap, ok):
-    cap = dict(cap, tc=[1] * 3, factorvae=[0.5] * 3)
+    cap = dict(cap, tc=[1] * 3, tc_loo=[1] * 3, factorvae=[0.5] * 3)
     res = sweep(**GOOD, cap=cap)
     c = dis.claim_d4(SIZES, res, T)
     assert c.verified is ok and c.numbers["high"] == "beta16"

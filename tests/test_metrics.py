@@ -253,7 +253,17 @@ def test_total_correlation_matches_a_correlated_gaussian(Z, seed, s2, correlated
     r = metrics.total_correlation(mu, logvar, rng)
     exact = metrics.gaussian_total_correlation(A @ A.T + s2 * np.eye(Z))
     assert abs(r["tc"] - exact) <= Z_TOL * r["se"] + 40 / n
+    assert abs(r["tc_loo"] - exact) <= Z_TOL * r["se_loo"] + 40 / n
     assert r["n"] == n and r["marginals"].shape == (Z,)
+
+
+def test_total_correlation_with_narrow_posteriors_is_bracketed_by_the_two_sums(rng):
+    """Posteriors 100 times narrower than their spread in 3-D (independent): the true TC is 0.
+    With N = 300 the self-term dominates: tc is far above 0 (the joint density is a spike at each
+    draw) and the leave-one-out tc far below it; they straddle the truth."""
+    mu = rng.standard_normal((300, 3))
+    r = metrics.total_correlation(mu, np.full((300, 3), math.log(1e-4)), rng)
+    assert r["tc"] > 1.0 and r["tc_loo"] < -1.0
 
 
 def test_total_correlation_subsample_and_errors(rng):
