@@ -19,11 +19,16 @@ takes exactly the code path it takes on a GPU, and it is strict wherever CuPy is
   lost in a ternary or a kernel with two outputs returning a tuple behaves here as on the GPU.
   Each kernel made is recorded in ``KERNELS``, so a test can also compile every source with NVRTC.
 
+Only names real CuPy has are offered: ``tests/cupy_api.json`` lists CuPy 14.2's public module
+functions and ndarray methods (read from the installed package), and anything else raises
+AttributeError here as it would there, so a NumPy-only function in the GPU path fails in CI.
+
 What it cannot show: CUDA-only behaviour (memory, streams, cuBLAS's summation order, timing).
 The real-GPU run (``pytest -m gpu`` on a machine with one) covers those.
 """
 import ctypes
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -36,6 +41,11 @@ __version__ = "0.0-fake"
 SYNCS = [0]          # device -> host reads
 UPLOADS = [0]        # host -> device copies
 KERNELS = []         # every ElementwiseKernel / ReductionKernel made: the sources NVRTC compiles
+
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "cupy_api.json")) as _f:
+    API = json.load(_f)
+_MODULE_API, _NDARRAY_API = set(API["module"]), set(API["ndarray"])
 
 
 def reset_counters():
@@ -161,6 +171,8 @@ class ndarray:
     def __getattr__(self, name):                  # methods: reshape, sum, astype, ...
         if name.startswith("__"):                 # no __array_interface__: numpy must not see in
             raise AttributeError(name)
+        if name not in _NDARRAY_API:
+            raise AttributeError(f"cupy.ndarray has no attribute {name!r} (CuPy {API['cupy_version']})")
         attr = getattr(self._a, name)
         return _device_fn(attr, f"ndarray.{name}") if callable(attr) else attr
 
@@ -209,8 +221,15 @@ def __getattr__(name):                            # cupy.exp, cupy.empty, cupy.f
         raise AttributeError(name)
     if name in ("random", "fft", "linalg", "fuse", "RawKernel", "RawModule"):
         raise AttributeError(f"fakecupy has no {name}: minivae is not expected to use it")
+    if name not in _MODULE_API:
+        raise AttributeError(f"module 'cupy' has no attribute {name!r} (CuPy {API['cupy_version']})")
     v = getattr(_np, name)
     return _device_fn(v, name) if callable(v) and not isinstance(v, type) else v
+
+
+# cupy.lib.stride_tricks: as_strided exists in CuPy (views over device memory)
+lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(**{
+    n: _device_fn(getattr(_np.lib.stride_tricks, n), n) for n in API["lib.stride_tricks"]}))
 
 
 # ----------------------------------------------------------------------------- cuda
