@@ -6,7 +6,8 @@ Design requirements (issue 10):
     fresh or ``--resume``, finds the lock held and stops with a one-line MinivaeError before it
     reads or writes anything there.
   * The lock is ``flock`` on the file ``.minivae.lock`` inside the directory, which records the
-    holder (pid, host, start time).  The kernel drops a flock when its process dies, however it
+    holder (pid, host, start time).  On a file system without locks the run goes on, unlocked,
+    after a warning.  The kernel drops a flock when its process dies, however it
     dies, so a lock file whose flock is free was left by a dead process: it is taken over and
     reported (a stale lock), never obeyed.  Releasing removes the file, on every exit path that
     runs Python code; after a SIGKILL the file stays and the next run reports it.
@@ -182,9 +183,9 @@ def _acquire(run_dir, log):
                 raise RunDirBusy(f"run directory {run_dir} is in use by "
                                  f"{_describe(_read_record(fd))}; wait for it to finish, or "
                                  "choose another --out") from None
-            except OSError as e:
-                raise MinivaeError(f"cannot lock run directory {run_dir}: {e.strerror or e} "
-                                   "(the file system does not support locks)") from None
+            except OSError as e:          # ENOLCK, EOPNOTSUPP: a file system without locks
+                log(f"{run_dir}: warning: cannot lock it ({e.strerror or e}: the file system "
+                    "does not support locks), so a second run into it is not prevented")
             try:                  # the holder we waited for may have removed the file
                 same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:

@@ -642,3 +642,19 @@ def test_on_a_gpu_the_model_is_checked_against_the_devices_free_memory(tmp_path,
                       "10000", "--no-progress", "--out", str(tmp_path / "g")], capsys)
     one_line_error(rc, err, "of GPU memory (workspace ", f"but {free / 1e9:.1f} GB is available")
     assert not (tmp_path / "g").exists()
+
+
+def test_a_file_system_without_locks_warns_and_goes_on(tmp_path, monkeypatch):
+    """flock failing with ENOLCK (some network file systems): a warning line, and the run is
+    not refused."""
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    log = []
+    with rundir.lock(tmp_path, log.append):
+        assert (tmp_path / rundir.LOCK).exists()
+    assert len(log) == 1 and "cannot lock it" in log[0] and "not prevented" in log[0]
+    assert not (tmp_path / rundir.LOCK).exists()
