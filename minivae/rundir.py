@@ -181,8 +181,8 @@ def _acquire(run_dir, log):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunDirBusy(f"run directory {run_dir} is in use by "
-                                 f"{_describe(_read_record(fd))}; wait for it to finish, or "
-                                 "choose another --out") from None
+                                 f"{_describe(_read_record(fd))}; wait for it to finish (or stop "
+                                 "it) before starting another run there") from None
             except OSError as e:          # ENOLCK, EOPNOTSUPP: a file system without locks
                 log(f"{run_dir}: warning: cannot lock it ({e.strerror or e}: the file system "
                     "does not support locks), so a second run into it is not prevented")
