@@ -34,13 +34,15 @@ other's forward: ConvT's dx is a convolution of dy, its dW the correlation of x 
 Weights use PyTorch's layouts, (O, C, K, K) for Conv2d and (C_in, C_out, K, K) for
 ConvTranspose2d, so the PyTorch peer copies them unchanged.
 
-Everything runs on ``xp`` (NumPy or CuPy): the windows are an ``as_strided`` view, col2im is K*K
-strided slice additions, the GEMMs are ``xp.matmul``.  A batch whose column matrix would exceed
+Everything runs on ``xp`` (NumPy or CuPy): in the reference (``kernels.reference``) the windows
+are an ``as_strided`` view and col2im is K*K strided slice additions; for NumPy arrays col2im is
+one Numba pass (the K*K additions took as long as a GEMM), and the GEMMs are ``xp.matmul``.  A batch whose column matrix would exceed
 ``MAX_COLS`` elements is processed in chunks of whole images (one GEMM per chunk), which bounds
 the memory of large evaluations; a training batch of the standard models is a single chunk.
 """
 import math
 
+from . import kernels
 from .backend import get_array_module
 from .errors import MinivaeError
 from .layers import Linear, Sequential, activation, mlp_shapes
@@ -61,36 +63,20 @@ def _int(name, v, lo):
 
 
 # ----------------------------------------------------------------------------- the lowering
-def _windows(xpad, K, S, Ho, Wo):
-    """(B, C, Ho, Wo, K, K) strided view: [b, c, i, j, p, q] = xpad[b, c, S i + p, S j + q]."""
-    xp = get_array_module(xpad)
-    sb, sc, sh, sw = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad, (xpad.shape[0], xpad.shape[1], Ho, Wo, K, K), (sb, sc, S * sh, S * sw, sh, sw))
-
-
 def im2col(xpad, K, S, Ho, Wo, out=None):
     """cols (C K K, B Ho Wo) of a padded input xpad (B, C, Hp, Wp):
-    cols[(c, p, q), (b, i, j)] = xpad[b, c, S i + p, S j + q].  out: a buffer to fill."""
-    B, C = xpad.shape[:2]
-    if out is None:
-        out = get_array_module(xpad).empty((C * K * K, B * Ho * Wo), xpad.dtype)
-    out.reshape(C, K, K, B, Ho, Wo)[...] = _windows(xpad, K, S, Ho, Wo).transpose(1, 4, 5, 0, 2, 3)
-    return out
+    cols[(c, p, q), (b, i, j)] = xpad[b, c, S i + p, S j + q].  out: a buffer to fill.
+    (``kernels.im2col``: the strided-view copy of ``kernels.reference.im2col``.)"""
+    return kernels.im2col(xpad, K, S, Ho, Wo, out)
 
 
 def col2im(cols, xpad, K, S, Ho, Wo):
     """The adjoint of im2col, into xpad (B, C, Hp, Wp): zeroed, then every entry of cols
-    (C K K, B Ho Wo) is added onto the pixel im2col read it from (one strided addition per kernel
-    offset (p, q)), so <im2col(x), c> = <x, col2im(c)>."""
-    C = xpad.shape[1]
-    c6 = cols.reshape(C, K, K, xpad.shape[0], Ho, Wo)
-    xpad[...] = 0
-    for p in range(K):
-        for q in range(K):
-            xpad[:, :, p:p + S * (Ho - 1) + 1:S, q:q + S * (Wo - 1) + 1:S] += \
-                c6[:, p, q].transpose(1, 0, 2, 3)
-    return xpad
+    (C K K, B Ho Wo) is added onto the pixel im2col read it from, so a pixel read by several
+    windows receives the sum of their gradients: <im2col(x), c> = <x, col2im(c)>.
+    (``kernels.col2im``: one Numba pass for NumPy arrays, the reference's K*K strided additions
+    otherwise.)"""
+    return kernels.col2im(cols, xpad, K, S, Ho, Wo)
 
 
 def _chunk(B, per_image):

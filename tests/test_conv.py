@@ -249,3 +249,39 @@ def test_init_is_pytorch_default(cls, shape, fan_in):
     bound = 1 / np.sqrt(fan_in)
     np.testing.assert_array_equal(W, r.uniform(-bound, bound, shape).astype(np.float32))
     np.testing.assert_array_equal(b, r.uniform(-bound, bound, b.shape).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------- the kernels
+@given(g=geometry(), dtype=st.sampled_from([np.float32, np.float64]), seed=seeds)
+def test_numba_col2im_equals_the_reference_bit_for_bit(g, dtype, seed):
+    """col2im adds each pixel's entries in the same (p, q) order in the Numba loop and in the
+    reference's strided additions, so they agree exactly (im2col is the reference's copy)."""
+    from minivae import kernels
+    from minivae.kernels import reference
+    B, C, _, H, W, K, S, P = g
+    rng = np.random.default_rng(seed)
+    Ho, Wo = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1
+    xpad = rng.standard_normal((B, C, H + 2 * P, W + 2 * P)).astype(dtype)
+    assert kernels.active(xpad) == "numba"
+    cols = rng.standard_normal((C * K * K, B * Ho * Wo)).astype(dtype)
+    a, b = np.full_like(xpad, np.nan), np.full_like(xpad, np.nan)      # zeroed by col2im
+    np.testing.assert_array_equal(kernels.col2im(cols, a, K, S, Ho, Wo),
+                                  reference.col2im(cols, b, K, S, Ho, Wo))
+
+
+def test_layers_on_the_reference_kernels_match(rng):
+    """The conv layers give the same values through the reference lowering (the CuPy path)."""
+    from minivae import kernels
+
+    def run():
+        r = np.random.default_rng(11)
+        c, t = make_conv(3, 2, 4, 2, 1, r), make_convT(3, 2, 4, 2, 1, r)
+        x = r.standard_normal((2, 2, 8, 8))
+        y = c.forward(x)
+        z = t.forward(y)
+        return z, c.backward(t.backward(np.ones_like(z))), c.dW.copy(), t.dW.copy()
+    fast = run()
+    with kernels.use("reference"):
+        ref = run()
+    for a, b in zip(fast, ref):
+        np.testing.assert_array_equal(a, b)

