@@ -5,7 +5,12 @@
     python scripts/bench.py --peer                           # + the PyTorch peer, side by side
     python scripts/bench.py --device cuda [bench_gpu options]  # the GPU benchmark (bench_gpu.py)
 
-Per model (``784-400-20:relu`` and ``784-200-200-50:tanh`` by default; ``DIMS:ACT``):
+    python scripts/bench.py --arch 784-256-20:relu:conv16,32 --epochs 2 --iwae-k 0 --peer
+                                                             # the conv VAE vs torch_conv_vae.py
+
+Per model (``784-400-20:relu`` and ``784-200-200-50:tanh`` by default; ``DIMS:ACT``, or
+``DIMS:ACT:convC1,C2,..`` for the convolutional VAE: 28x28 images, kernel 4, stride 2, the
+channels C1, C2, .. and DIMS's inner widths as its dense layers):
   train     epoch time (median over the epochs after the first, which warms up) of
             N_TRAIN // batch steps on synthetic binary data (the peer's ``load_data('synthetic')``:
             default_rng(1000).random((60000, 784)) < 0.5), images/s, through the public step:
@@ -17,7 +22,8 @@ Per model (``784-400-20:relu`` and ``784-200-200-50:tanh`` by default; ``DIMS:AC
   iwae      minivae.likelihood.importance_log_likelihood, K samples on the first N test images
             (rows=10000 per decoder call, as the peer), samples/s, and its decoder-GEMM floor.
   memory    peak resident set (ru_maxrss) of a fresh process per measurement.
-  peer      (--peer) ../shared/bench/torch_vae.py with its venv, same model, data, batch,
+  peer      (--peer) ../shared/bench/torch_vae.py (torch_conv_vae.py for a conv model; its
+            weights start equal to minivae's) with its venv, same model, data, batch,
             threads, run right after minivae's; ratios peer/minivae (> 1: minivae faster).
 Threads: --threads for OpenBLAS (and Numba); OPENBLAS_CORETYPE is reported as found in the
 environment, and both sides run under the same setting.
@@ -32,14 +38,27 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PEER_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench"))
+# the peer beside the checkout (../shared/bench); MINIVAE_PEER_DIR overrides (from a worktree)
+PEER_DIR = os.environ.get("MINIVAE_PEER_DIR") or os.path.normpath(
+    os.path.join(HERE, "..", "..", "shared", "bench"))
 N_TRAIN, N_TEST, N_PIX = 60000, 10000, 784
 
 
 def parse_model(text):
-    dims, _, act = text.partition(":")
+    """DIMS:ACT[:convC1,C2,..] -> (dims, act, conv channels or None)."""
+    dims, _, rest = text.partition(":")
+    act, _, conv = rest.partition(":")
     dims = [int(d) for d in dims.split("-")]
-    return dims, act or ("relu" if len(dims) == 3 else "tanh")
+    channels = [int(c) for c in conv[len("conv"):].split(",")] if conv.startswith("conv") else None
+    return dims, act or ("relu" if len(dims) == 3 else "tanh"), channels
+
+
+def make_model(model_spec, seed):
+    from minivae.model import VAE
+    dims, act, channels = parse_model(model_spec)
+    conv = {} if channels is None else dict(arch="conv", image_shape=(28, 28), channels=channels,
+                                            kernel=4, stride=2)
+    return VAE(dims[0], tuple(dims[1:-1]), dims[-1], activation=act, seed=seed, **conv)
 
 
 def synthetic(seed, n):
@@ -86,6 +105,30 @@ def gemm_floor(shapes):
     return flops, secs
 
 
+def conv_step_gemms(arch, B):
+    """The GEMMs of one step of a ConvArch (minivae.conv's lowering) as (m, k, n, ta, tb)."""
+    K = arch.kernel
+    chans = (arch.image[0], *arch.channels)
+    out = []
+    for i, (c, o) in enumerate(zip(chans[:-1], chans[1:])):        # encoder Conv2d
+        h, w = arch.sides[i + 1]
+        n, ckk = B * h * w, c * K * K
+        out += [(o, ckk, n, False, False), (o, n, ckk, False, True)]   # Y = Wm cols, dW
+        if i > 0:
+            out.append((ckk, o, n, True, False))                       # dcols = Wm^T dY
+    rch, sides = chans[::-1], arch.sides[::-1]
+    for i, (c, o) in enumerate(zip(rch[:-1], rch[1:])):            # decoder ConvTranspose2d
+        h, w = sides[i]
+        n, okk = B * h * w, o * K * K
+        out += [(okk, c, n, True, False), (c, okk, n, False, False), (c, n, okk, False, True)]
+    dense = [(arch.flat, *arch.hidden, 2 * arch.latent_dim),
+             (arch.latent_dim, *arch.hidden[::-1], arch.flat)]
+    for sizes in dense:                  # every dense layer needs dX (a conv or z precedes it)
+        for i, o in zip(sizes[:-1], sizes[1:]):
+            out += [(B, i, o, False, False), (i, B, o, True, False), (B, o, i, False, True)]
+    return out
+
+
 def step_gemms(dims, B):
     enc, dec = layer_shapes(dims)
     out = []
@@ -99,10 +142,9 @@ def step_gemms(dims, B):
 # ----------------------------------------------------------------------------- workers
 def work_train(a):
     import numpy as np
-    from minivae.model import VAE
     from minivae.optim import Adam
-    dims, act = parse_model(a.model)
-    model = VAE(dims[0], tuple(dims[1:-1]), dims[-1], activation=act, seed=a.seed)
+    dims, act, channels = parse_model(a.model)
+    model = make_model(a.model, a.seed)
     opt = Adam(model.buffer, lr=1e-3)
     train = synthetic(1000, N_TRAIN)
     B, Z = a.batch, dims[-1]
@@ -122,7 +164,8 @@ def work_train(a):
             opt.step()
         epoch_s.append(time.perf_counter() - t0)
         losses.append(total / steps)
-    flops, secs = gemm_floor(step_gemms(dims, B))
+    flops, secs = gemm_floor(step_gemms(dims, B) if channels is None
+                             else conv_step_gemms(model.conv, B))
     steady = statistics.median(epoch_s[1:] or epoch_s)
     return dict(epoch_s=round(steady, 4), epoch_s_all=[round(t, 4) for t in epoch_s],
                 images_per_epoch=steps * B, images_per_s=round(steps * B / steady, 1),
@@ -136,9 +179,8 @@ def work_train(a):
 def work_iwae(a):
     import numpy as np
     from minivae.likelihood import importance_log_likelihood
-    from minivae.model import VAE
-    dims, act = parse_model(a.model)
-    model = VAE(dims[0], tuple(dims[1:-1]), dims[-1], activation=act, seed=a.seed)
+    dims, act, _ = parse_model(a.model)
+    model = make_model(a.model, a.seed)
     x = synthetic(1001, N_TEST)[:a.iwae_n]
     importance_log_likelihood(model, x[:10], a.iwae_k, np.random.default_rng(1))   # compile
     t0 = time.perf_counter()
@@ -216,20 +258,24 @@ def main():
           str(a.epochs), "--seed", str(a.seed), "--iwae-k", str(a.iwae_k), "--iwae-n",
           str(a.iwae_n)]
     for model in a.arch:
-        dims, act = parse_model(model)
+        dims, act, channels = parse_model(model)
         r, rss = run_json(me + ["--worker", "train", "--model", model], env)
         r["peak_rss_mb_train"] = rss
-        if a.iwae_k:
+        iwae = a.iwae_k and channels is None      # the conv peer has no importance sampling
+        if iwae:
             ri, rss_i = run_json(me + ["--worker", "iwae", "--model", model], env)
             r.update(ri, peak_rss_mb_iwae=rss_i)
         r.pop("peak_rss_mb", None)
         entry = {"minivae": r}
         if a.peer:
             arch = "-".join(map(str, dims))
-            cmd = [peer_py, os.path.join(PEER_DIR, "torch_vae.py"), "--epochs", str(a.epochs),
+            script = "torch_vae.py" if channels is None else "torch_conv_vae.py"
+            cmd = [peer_py, os.path.join(PEER_DIR, script), "--epochs", str(a.epochs),
                    "--threads", str(a.threads), "--arch", arch, "--act", act, "--batch",
                    str(a.batch), "--seed", str(a.seed)]
-            if a.iwae_k:
+            if channels is not None:
+                cmd += ["--channels", ",".join(map(str, channels))]
+            if iwae:
                 cmd += ["--eval-iwae", str(a.iwae_k), "--iwae-n", str(a.iwae_n)]
             t, rss_t = run_json(cmd, dict(env, PYTHONPATH=PEER_DIR))
             keep = ("version", "epoch_s", "epoch_s_all", "images_per_s", "train_elbo", "iwae_s",
@@ -237,7 +283,7 @@ def main():
             entry["torch"] = {k: t[k] for k in keep if k in t}
             entry["torch"]["peak_rss_mb"] = rss_t
             ratios = dict(train_speedup=round(t["epoch_s"] / r["epoch_s"], 3))
-            if a.iwae_k:
+            if iwae:
                 ratios["iwae_speedup"] = round(t["iwae_s"] / r["iwae_s"], 3)
             ratios["peak_rss_torch_over_minivae"] = round(
                 rss_t / max(r["peak_rss_mb_train"], r.get("peak_rss_mb_iwae", 0)), 3)

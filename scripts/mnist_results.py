@@ -13,6 +13,12 @@ sampled log p(x) at the end.  Architectures:
     python scripts/mnist_results.py --arch 784-200-200-50 --act tanh --batch 20 \
         --schedule iwae --epochs 30 --seeds 0 --final-iwae 5000
 
+The convolutional VAE (``--channels``: minivae.conv.ConvArch; --arch then gives the dense
+widths between the convolutions and the latent), beside ../shared/bench/torch_conv_vae.py
+(same architecture, same initial weights):
+
+    python scripts/mnist_results.py --channels 16,32 --arch 784-256-20 --epochs 10 --seeds 0 --peer
+
 Writes <out>/results.json and <out>/curves.png; prints one JSON line.
 """
 import argparse
@@ -33,7 +39,9 @@ from minivae.model import VAE
 from minivae.train import TrainConfig, Trainer, read_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BENCH = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "bench"))
+# the peer beside the checkout (../shared/bench); MINIVAE_PEER_DIR overrides (from a worktree)
+BENCH = os.environ.get("MINIVAE_PEER_DIR") or os.path.normpath(
+    os.path.join(HERE, "..", "..", "shared", "bench"))
 # the peer's README: test ELBO after each of 10 epochs, 784-400-20, median of 3 seeds
 PEER_README_CURVE = [-125.40, -113.21, -108.88, -106.86, -105.53, -104.41, -103.72, -103.05,
                      -102.55, -102.06]
@@ -41,8 +49,11 @@ PEER_README_CURVE = [-125.40, -113.21, -108.88, -106.86, -105.53, -104.41, -103.
 
 def run_minivae(args, seed, data, out_dir):
     dims = [int(d) for d in args.arch.split("-")]
+    conv = {} if not args.channels else dict(
+        arch="conv", image_shape=(28, 28), channels=args.channels, kernel=args.kernel,
+        stride=args.stride)
     model = VAE(dims[0], tuple(dims[1:-1]), dims[-1], args.act, "bernoulli", seed=seed,
-                objective=args.objective, samples=args.k)
+                objective=args.objective, samples=args.k, **conv)
     run_dir = os.path.join(out_dir, f"minivae-seed{seed}")
     os.makedirs(run_dir, exist_ok=False)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch, lr=args.lr, seed=seed,
@@ -57,11 +68,12 @@ def run_minivae(args, seed, data, out_dir):
     res = dict(seed=seed, wall_s=round(wall, 1), train_s=round(train_s, 1),
                epochs=trainer.epoch, test_elbo_per_epoch=[round(r["test_elbo"], 3)
                                                           for r in rows[1:]])
-    xi = data.test[:args.iwae_n]
-    t0 = time.perf_counter()
-    ll = importance_log_likelihood(model, xi, args.iwae_k, make_rng([seed, 4]))
-    res.update(iwae_k=args.iwae_k, iwae_n=len(xi), iwae_logpx=round(float(ll.mean()), 3),
-               iwae_s=round(time.perf_counter() - t0, 2))
+    if args.iwae_k:
+        xi = data.test[:args.iwae_n]
+        t0 = time.perf_counter()
+        ll = importance_log_likelihood(model, xi, args.iwae_k, make_rng([seed, 4]))
+        res.update(iwae_k=args.iwae_k, iwae_n=len(xi), iwae_logpx=round(float(ll.mean()), 3),
+                   iwae_s=round(time.perf_counter() - t0, 2))
     if args.final_iwae:
         xf = data.test[:args.final_iwae_n]
         t0 = time.perf_counter()
@@ -78,10 +90,16 @@ def run_peer(args, seed):
     py = os.path.join(BENCH, ".venv", "bin", "python")
     if not os.path.exists(py):
         raise SystemExit(f"the peer needs its venv: bash {BENCH}/setup.sh")
-    cmd = [py, os.path.join(BENCH, "torch_vae.py"), "--data", "mnist", "--data-dir",
+    script = "torch_conv_vae.py" if args.channels else "torch_vae.py"
+    cmd = [py, os.path.join(BENCH, script), "--data", "mnist", "--data-dir",
            args.data_dir, "--epochs", str(args.epochs), "--batch", str(args.batch),
-           "--arch", args.arch, "--act", args.act, "--seed", str(seed), "--threads", "2",
-           "--eval-each-epoch", "--eval-iwae", str(args.iwae_k), "--iwae-n", str(args.iwae_n)]
+           "--arch", args.arch, "--act", args.act, "--seed", str(seed), "--threads",
+           str(args.peer_threads), "--eval-each-epoch"]
+    if args.channels:            # the conv peer has no importance-sampled evaluation
+        cmd += ["--channels", ",".join(map(str, args.channels)), "--kernel", str(args.kernel),
+                "--stride", str(args.stride)]
+    else:
+        cmd += ["--eval-iwae", str(args.iwae_k), "--iwae-n", str(args.iwae_n)]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
@@ -121,6 +139,12 @@ def plot(path, ours, peer, title):
     plt.close(fig)
 
 
+def _title(arch, act, batch, channels=None, kernel=None, stride=None):
+    net = arch if not channels else (f"conv {'-'.join(map(str, channels))} k{kernel} s{stride}, "
+                                     f"dense {arch}")
+    return f"dynamically binarised MNIST, {net} {act}, batch {batch}"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="784-400-20")
@@ -135,7 +159,12 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--data-dir", default=os.path.join(HERE, "..", "..", "shared", "data", "mnist"))
     p.add_argument("--peer", action="store_true", help="also run the PyTorch peer, same seeds")
-    p.add_argument("--iwae-k", type=int, default=1000)
+    p.add_argument("--peer-threads", type=int, default=2)
+    p.add_argument("--channels", type=lambda t: [int(c) for c in t.split(",")], default=None,
+                   help="a convolutional VAE with these channels (e.g. 32,64)")
+    p.add_argument("--kernel", type=int, default=4)
+    p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--iwae-k", type=int, default=1000, help="0: no log p(x) estimate")
     p.add_argument("--iwae-n", type=int, default=1000)
     p.add_argument("--final-iwae", type=int, default=0, help="K of a final log p(x) estimate")
     p.add_argument("--final-iwae-n", type=int, default=10000)
@@ -146,10 +175,12 @@ def main():
         with open(os.path.join(args.replot, "results.json")) as f:
             r = json.load(f)
         plot(os.path.join(args.replot, "curves.png"), r["minivae"], r["peer"],
-             f"dynamically binarised MNIST, {r['arch']} {r['act']}, batch {r['batch']}")
+             _title(r["arch"], r["act"], r["batch"], r.get("channels"), r.get("kernel"),
+                    r.get("stride")))
         return
     args.data_dir = os.path.abspath(args.data_dir)
-    out = args.out or os.path.join("runs", f"mnist-{args.arch}-{time.strftime('%Y%m%d-%H%M%S')}")
+    name = args.arch if not args.channels else "conv-" + "-".join(map(str, args.channels))
+    out = args.out or os.path.join("runs", f"mnist-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.makedirs(out, exist_ok=False)
     data = load_dataset("mnist", data_dir=args.data_dir, binarize="dynamic", valid_size=0)
     ours, peer = [], []
@@ -157,9 +188,14 @@ def main():
         ours.append(run_minivae(args, seed, data, out))
         if args.peer:
             peer.append(run_peer(args, seed))
-    med = lambda runs, k: round(statistics.median(r[k] for r in runs), 3) if runs else None
+    def med(runs, k):
+        values = [r[k] for r in runs if k in r]
+        return round(statistics.median(values), 3) if values else None
     summary = dict(minivae_version=minivae.__version__, arch=args.arch, act=args.act,
                    batch=args.batch, schedule=args.schedule, epochs=args.epochs,
+                   channels=args.channels, kernel=args.kernel if args.channels else None,
+                   stride=args.stride if args.channels else None,
+                   load_avg=os.getloadavg(),
                    seeds=args.seeds, openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
                    minivae_final_test_elbo=med([dict(x=r["test_elbo_per_epoch"][-1])
                                                 for r in ours], "x"),
@@ -169,7 +205,7 @@ def main():
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot(os.path.join(out, "curves.png"), ours, peer,
-         f"dynamically binarised MNIST, {args.arch} {args.act}, batch {args.batch}")
+         _title(args.arch, args.act, args.batch, args.channels, args.kernel, args.stride))
     print(json.dumps({k: v for k, v in summary.items() if k not in ("minivae", "peer")}))
 
 
