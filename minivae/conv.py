@@ -34,10 +34,11 @@ other's forward: ConvT's dx is a convolution of dy, its dW the correlation of x 
 Weights use PyTorch's layouts, (O, C, K, K) for Conv2d and (C_in, C_out, K, K) for
 ConvTranspose2d, so the PyTorch peer copies them unchanged.
 
-Everything runs on ``xp`` (NumPy or CuPy): in the reference (``kernels.reference``) the windows
-are an ``as_strided`` view and col2im is K*K strided slice additions; for NumPy arrays col2im is
-one Numba pass (the K*K additions took as long as a GEMM), and the GEMMs are ``xp.matmul``.  A batch whose column matrix would exceed
-``MAX_COLS`` elements is processed in chunks of whole images (one GEMM per chunk), which bounds
+Everything runs on ``xp`` (NumPy or CuPy).  In the reference (``kernels.reference``) im2col is
+K*K strided slice copies and col2im K*K strided slice additions (basic slicing only); for NumPy
+arrays im2col is one copy from an ``as_strided`` view of all windows and col2im one Numba pass
+(the K*K additions took as long as a GEMM); the GEMMs are ``xp.matmul``.  A batch whose column
+matrix would exceed ``MAX_COLS`` elements is processed in chunks of whole images (one GEMM per chunk), which bounds
 the memory of large evaluations; a training batch of the standard models is a single chunk.
 """
 import math
@@ -66,7 +67,8 @@ def _int(name, v, lo):
 def im2col(xpad, K, S, Ho, Wo, out=None):
     """cols (C K K, B Ho Wo) of a padded input xpad (B, C, Hp, Wp):
     cols[(c, p, q), (b, i, j)] = xpad[b, c, S i + p, S j + q].  out: a buffer to fill.
-    (``kernels.im2col``: the strided-view copy of ``kernels.reference.im2col``.)"""
+    (``kernels.im2col``: for NumPy one copy from a strided view of all windows, else the
+    reference's K*K slice copies.)"""
     return kernels.im2col(xpad, K, S, Ho, Wo, out)
 
 

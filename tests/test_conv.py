@@ -253,9 +253,10 @@ def test_init_is_pytorch_default(cls, shape, fan_in):
 
 # ----------------------------------------------------------------------------- the kernels
 @given(g=geometry(), dtype=st.sampled_from([np.float32, np.float64]), seed=seeds)
-def test_numba_col2im_equals_the_reference_bit_for_bit(g, dtype, seed):
-    """col2im adds each pixel's entries in the same (p, q) order in the Numba loop and in the
-    reference's strided additions, so they agree exactly (im2col is the reference's copy)."""
+def test_numpy_lowering_equals_the_reference_bit_for_bit(g, dtype, seed):
+    """im2col is a copy on both paths (NumPy's strided view, the reference's slices); col2im adds
+    each pixel's entries in the same (p, q) order in the Numba loop and in the reference's
+    strided additions: so both agree exactly."""
     from minivae import kernels
     from minivae.kernels import reference
     B, C, _, H, W, K, S, P = g
@@ -263,6 +264,8 @@ def test_numba_col2im_equals_the_reference_bit_for_bit(g, dtype, seed):
     Ho, Wo = (H + 2 * P - K) // S + 1, (W + 2 * P - K) // S + 1
     xpad = rng.standard_normal((B, C, H + 2 * P, W + 2 * P)).astype(dtype)
     assert kernels.active(xpad) == "numba"
+    np.testing.assert_array_equal(kernels.im2col(xpad, K, S, Ho, Wo),       # copies: exact
+                                  reference.im2col(xpad, K, S, Ho, Wo))
     cols = rng.standard_normal((C * K * K, B * Ho * Wo)).astype(dtype)
     a, b = np.full_like(xpad, np.nan), np.full_like(xpad, np.nan)      # zeroed by col2im
     np.testing.assert_array_equal(kernels.col2im(cols, a, K, S, Ho, Wo),

@@ -191,3 +191,24 @@ def test_conv_beats_the_dense_model_of_similar_size_on_shapes():
     diff = held_out_elbo(conv) - held_out_elbo(dense)
     se = diff.std(ddof=1) / np.sqrt(len(diff))
     assert diff.mean() > 3 * se, (diff.mean(), se)
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(dtype="float64"),
+                                 dict(likelihood="gaussian", learn_sigma="per-example")])
+def test_conv_training_step_on_the_gpu_path_matches_cpu(gpu, cfg):
+    """The same step on the CuPy path (the strict stand-in everywhere, a real GPU with -m gpu):
+    the reference lowering on device arrays.  Tolerances as tests/test_gpu.py's (float32: a GEMM
+    sums up to C K K products in another order, 1e-5 relative on the loss, 1e-4 of the largest
+    gradient entry; float64: the same with u = 2^-53)."""
+    kw = dict(dict(hidden=(8,), latent_dim=3, arch="conv", image_shape=(8, 8), channels=(3, 4),
+                   seed=5), **cfg)
+    cpu, dev = VAE(64, device="cpu", **kw), VAE(64, device="cuda", **kw)
+    x = (np.random.default_rng(1).random((6, 64)) < 0.4).astype(np.float32)
+    eps = np.random.default_rng(2).standard_normal((1, 6, 3)).astype(cpu.dtype)
+    t_cpu = cpu.forward_backward(cpu.check_data(x), eps)
+    t_dev = dev.forward_backward(dev.check_data(gpu.asarray(x)), gpu.asarray(eps))
+    f64 = cpu.dtype == np.float64
+    np.testing.assert_allclose(float(t_dev.loss), float(t_cpu.loss), rtol=1e-12 if f64 else 1e-5)
+    g_dev = dev.buffer.grad.get()
+    assert np.max(np.abs(g_dev - cpu.buffer.grad)) <= (1e-11 if f64 else 1e-4) * np.max(
+        np.abs(cpu.buffer.grad))

@@ -117,21 +117,20 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
 
 
 # ----------------------------------------------------------------------------- conv lowering
-def _windows(xpad, K, S, Ho, Wo):
-    """(B, C, Ho, Wo, K, K) strided view: [b, c, i, j, p, q] = xpad[b, c, S i + p, S j + q]."""
-    xp = get_array_module(xpad)
-    sb, sc, sh, sw = xpad.strides
-    return xp.lib.stride_tricks.as_strided(
-        xpad, (xpad.shape[0], xpad.shape[1], Ho, Wo, K, K), (sb, sc, S * sh, S * sw, sh, sw))
-
-
 def im2col(xpad, K, S, Ho, Wo, out=None):
     """cols (C K K, B Ho Wo) of a padded input xpad (B, C, Hp, Wp):
-    cols[(c, p, q), (b, i, j)] = xpad[b, c, S i + p, S j + q].  out: a buffer to fill."""
+    cols[(c, p, q), (b, i, j)] = xpad[b, c, S i + p, S j + q].  out: a buffer to fill.
+
+    One strided slice copy per kernel offset (p, q): the window corners S i + p, S j + q are the
+    slice p : p + S (Ho - 1) + 1 : S (basic slicing only, so CuPy runs it unchanged)."""
     B, C = xpad.shape[:2]
     if out is None:
         out = get_array_module(xpad).empty((C * K * K, B * Ho * Wo), xpad.dtype)
-    out.reshape(C, K, K, B, Ho, Wo)[...] = _windows(xpad, K, S, Ho, Wo).transpose(1, 4, 5, 0, 2, 3)
+    c6 = out.reshape(C, K, K, B, Ho, Wo)
+    for p in range(K):
+        for q in range(K):
+            c6[:, p, q] = xpad[:, :, p:p + S * (Ho - 1) + 1:S,
+                               q:q + S * (Wo - 1) + 1:S].transpose(1, 0, 2, 3)
     return out
 
 
