@@ -104,6 +104,7 @@ def run_peer(args, seed):
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["wall_s"] = round(time.perf_counter() - t0, 1)
+    res["seed"] = seed
     return res
 
 
@@ -139,6 +140,46 @@ def plot(path, ours, peer, title):
     plt.close(fig)
 
 
+def _summary_medians(summary):
+    def med(runs, k):
+        values = [r[k] for r in runs if k in r]
+        return round(statistics.median(values), 3) if values else None
+    ours, peer = summary["minivae"], summary["peer"]
+    summary.update(minivae_final_test_elbo=med([dict(x=r["test_elbo_per_epoch"][-1])
+                                                for r in ours], "x"),
+                   minivae_iwae_logpx=med(ours, "iwae_logpx"),
+                   peer_final_test_elbo=med(peer, "test_elbo"),
+                   peer_iwae_logpx=med(peer, "iwae_logpx"))
+    return summary
+
+
+def combine(dirs, out):
+    """One results.json (and curves.png) from single-seed runs of the same model."""
+    parts = []
+    for d in dirs:
+        with open(os.path.join(d, "results.json")) as f:
+            parts.append(json.load(f))
+    same = ("arch", "act", "batch", "schedule", "epochs", "channels", "kernel", "stride")
+    for part in parts[1:]:
+        if any(part.get(k) != parts[0].get(k) for k in same):
+            raise SystemExit(f"--combine: the runs differ in {', '.join(same)}")
+    summary = {k: parts[0].get(k) for k in ("minivae_version", *same, "openblas_coretype")}
+    summary.update(seeds=[s for part in parts for s in part["seeds"]],
+                   load_avg=[part.get("load_avg") for part in parts],
+                   minivae=[r for part in parts for r in part["minivae"]],
+                   peer=[r for part in parts for r in part["peer"]])
+    for part, r in zip(parts, summary["peer"]):      # runs made before the peer recorded it
+        r.setdefault("seed", part["seeds"][0])
+    os.makedirs(out, exist_ok=True)
+    _summary_medians(summary)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    plot(os.path.join(out, "curves.png"), summary["minivae"], summary["peer"],
+         _title(summary["arch"], summary["act"], summary["batch"], summary["channels"],
+                summary["kernel"], summary["stride"]))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("minivae", "peer")}))
+
+
 def _title(arch, act, batch, channels=None, kernel=None, stride=None):
     net = arch if not channels else (f"conv {'-'.join(map(str, channels))} k{kernel} s{stride}, "
                                      f"dense {arch}")
@@ -170,6 +211,9 @@ def main():
     p.add_argument("--final-iwae-n", type=int, default=10000)
     p.add_argument("--out", default=None)
     p.add_argument("--replot", metavar="DIR", help="redraw DIR/curves.png from DIR/results.json")
+    p.add_argument("--combine", metavar="DIR", nargs="+",
+                   help="merge the results.json of runs made one seed at a time (same model) "
+                   "into --out/results.json and its curves")
     args = p.parse_args()
     if args.replot:
         with open(os.path.join(args.replot, "results.json")) as f:
@@ -178,6 +222,8 @@ def main():
              _title(r["arch"], r["act"], r["batch"], r.get("channels"), r.get("kernel"),
                     r.get("stride")))
         return
+    if args.combine:
+        return combine(args.combine, args.out)
     args.data_dir = os.path.abspath(args.data_dir)
     name = args.arch if not args.channels else "conv-" + "-".join(map(str, args.channels))
     out = args.out or os.path.join("runs", f"mnist-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -188,20 +234,13 @@ def main():
         ours.append(run_minivae(args, seed, data, out))
         if args.peer:
             peer.append(run_peer(args, seed))
-    def med(runs, k):
-        values = [r[k] for r in runs if k in r]
-        return round(statistics.median(values), 3) if values else None
-    summary = dict(minivae_version=minivae.__version__, arch=args.arch, act=args.act,
-                   batch=args.batch, schedule=args.schedule, epochs=args.epochs,
-                   channels=args.channels, kernel=args.kernel if args.channels else None,
-                   stride=args.stride if args.channels else None,
-                   load_avg=os.getloadavg(),
-                   seeds=args.seeds, openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
-                   minivae_final_test_elbo=med([dict(x=r["test_elbo_per_epoch"][-1])
-                                                for r in ours], "x"),
-                   minivae_iwae_logpx=med(ours, "iwae_logpx"),
-                   peer_final_test_elbo=med(peer, "test_elbo"),
-                   peer_iwae_logpx=med(peer, "iwae_logpx"), minivae=ours, peer=peer)
+    summary = _summary_medians(dict(
+        minivae_version=minivae.__version__, arch=args.arch, act=args.act, batch=args.batch,
+        schedule=args.schedule, epochs=args.epochs, channels=args.channels,
+        kernel=args.kernel if args.channels else None,
+        stride=args.stride if args.channels else None, load_avg=os.getloadavg(),
+        seeds=args.seeds, openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"), minivae=ours,
+        peer=peer))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     plot(os.path.join(out, "curves.png"), ours, peer,
