@@ -41,20 +41,21 @@ strongly on the seed: a claim that fails is printed NOT verified, never re-tuned
         distortion(capacity) < distortion(high) - T_CRIT SE
 """
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import tempfile
-import textwrap
 import time
 
 # One BLAS thread (see scripts/derivation.py): small GEMMs, a shared 2-core machine.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from derivation import _plt, jsonable, one_blas_thread, table  # noqa: E402  the claims' format
 
 from minivae import latent_plots, metrics
 from minivae.backend import make_rng
@@ -115,23 +116,6 @@ class Claim:
 def t_crit(n):
     df = 2 * (n - 1)
     return T_TABLE.get(df, T_TABLE[max(k for k in T_TABLE if k <= df)])
-
-
-def jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer, int)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else str(f)
-    return obj
 
 
 # ------------------------------------------------------------------------------------------
@@ -282,13 +266,6 @@ def claim_d4(n, res, T):
 # ------------------------------------------------------------------------------------------
 # figures and the table
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def figure_sweep(path, n, res):
     plt = _plt()
     labels = {"rate": "rate: KL(q(z|x) || p(z)), nats", "distortion":
@@ -325,18 +302,6 @@ def figure_sweep(path, n, res):
     plt.close(fig)
 
 
-def table(claims, width=78):
-    sw = max(len(c.statement) for c in claims)
-    head = f"{'claim':<5} {'result':<12} {'statement':<{sw}} numbers"
-    lines = [head, "-" * (len(head) - len("numbers") + width)]
-    for c in claims:
-        wrapped = textwrap.wrap(c.summary, width) or [""]
-        lines.append(f"{c.id:<5} {'verified' if c.verified else 'NOT verified':<12} "
-                     f"{c.statement:<{sw}} {wrapped[0]}")
-        lines += [f"{'':<{5 + 1 + 12 + 1 + sw}} {w}" for w in wrapped[1:]]
-    return "\n".join(lines)
-
-
 def results_table(n, res):
     """The per-configuration means +- seed sd, as text."""
     head = (f"{'run':<10} {'rate':>12} {'distortion':>14} {'MIG':>13} {'FactorVAE':>12} "
@@ -366,14 +331,6 @@ def parse(argv):
     if args.seeds is not None and args.seeds < 2:
         p.error(f"--seeds must be at least 2 (the tolerances need a spread), got {args.seeds}")
     return args
-
-
-def one_blas_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def main(argv=None):

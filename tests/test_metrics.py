@@ -236,7 +236,7 @@ def test_gaussian_total_correlation_closed_form():
     assert abs(metrics.gaussian_total_correlation(np.diag([1.0, 4.0, 0.1]))) < 1e-15
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(Z=st.integers(2, 4), seed=st.integers(0, 2**32 - 1), s2=st.floats(0.3, 1.0),
        correlated=st.booleans())
 def test_total_correlation_matches_a_correlated_gaussian(Z, seed, s2, correlated):

@@ -249,14 +249,17 @@ def test_schedules_refused_with_iwae_and_capacity_with_beta(tmp_path):
         trainer(tmp_path, TrainConfig(capacity=2.0), estimator="score")
 
 
-def test_cli_capacity_run_and_its_errors(tmp_path, capsys):
+def test_cli_capacity_run_and_its_errors(tmp_path, capsys, monkeypatch):
+    import minivae.data.datasets as datasets
+    monkeypatch.setattr(datasets, "SHAPES_TRAIN", 300)     # small data: the options are the point
+    monkeypatch.setattr(datasets, "SHAPES_TEST", 50)
     out = tmp_path / "cap"
-    assert cli.main(["train", "--capacity", "3", "--capacity-steps", "20", "--gamma", "100",
+    assert cli.main(["train", "--capacity", "3", "--capacity-steps", "2", "--gamma", "100",
                      "--epochs", "1", "--hidden", "8", "--latent-dim", "2", "--out", str(out),
                      "--no-progress"]) == 0
     meta = load_run(out)[1]
     assert (meta["train"]["capacity"], meta["train"]["capacity_steps"],
-            meta["train"]["gamma"]) == (3.0, 20, 100.0)
+            meta["train"]["gamma"]) == (3.0, 2, 100.0)
     assert read_metrics(out)[-1]["capacity"] == 3.0
     # resume keeps the schedule (and refuses to change it)
     assert cli.main(["train", "--resume", str(out), "--gamma", "5"]) == 2
