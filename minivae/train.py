@@ -715,6 +715,11 @@ def _param_shapes(where, cfg):
             **mlp_shapes("dec", (Z, *H[::-1], lik.out_features(D))), **lik.param_shapes(D)}
 
 
+def _short(v, n=40):
+    text = str(v)
+    return text if len(text) <= n else text[:n] + "..."
+
+
 def _check_state(where, name, s):
     ok = (isinstance(s, dict) and set(s) == {"bit_generator", "state", "has_uint32", "uinteger"}
           and s["bit_generator"] == "PCG64" and isinstance(s["state"], dict)
@@ -764,6 +769,9 @@ def _check_meta(where, meta):
             raise MinivaeError(f"{where}: {k} must be an integer in [0, 2^63), got "
                                f"{str(meta.get(k))[:40]}; the file is damaged")
     o = meta["opt"]
+    if isinstance(o, dict) and _is_int(o.get("t")) and not _is_count(o["t"]):
+        raise MinivaeError(f"{where}: opt.t (the optimiser's step count) must be an integer in "
+                           f"[0, 2^63), got {_short(o['t'])}; the file is damaged")
     if not (isinstance(o, dict) and _is_count(o.get("t"))
             and ("lr" not in o or (_is_real(o["lr"]) and math.isfinite(o["lr"]) and o["lr"] > 0))):
         raise MinivaeError(f"{where}: its optimiser record {str(o)[:80]} is malformed")

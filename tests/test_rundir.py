@@ -432,8 +432,11 @@ def test_a_folder_in_place_of_metrics_is_refused(tmp_path, capsys, finished):
     one_line_error(rc, err, "metrics.jsonl is a folder, not a regular file")
 
 
-BAD_META = [("opt.t", 10 ** 400, "its optimiser record"),
-            ("opt.t", 2 ** 63, "its optimiser record"),
+BAD_META = [("opt.t", 10 ** 400, "opt.t (the optimiser's step count) must be an integer in "
+             "[0, 2^63), got 1000000000"),
+            ("opt.t", 2 ** 63, "opt.t (the optimiser's step count) must be an integer in "
+             "[0, 2^63), got 9223372036854775808"),
+            ("opt.t", "many", "its optimiser record"),
             ("epoch", 10 ** 400, "epoch must be an integer in [0, 2^63)"),
             ("global_step", 2 ** 64, "global_step must be an integer in [0, 2^63)"),
             ("epoch_totals.n", 10 ** 30, "epoch totals are malformed"),
