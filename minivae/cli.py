@@ -85,7 +85,11 @@ def build_parser():
     t.add_argument("--preset", choices=sorted(PRESETS), help="a standard architecture and "
                    "protocol (its values are defaults the other options override)")
     t.add_argument("--dataset", default=None, help="shapes (built in), mnist, fashion-mnist, "
-                   "binarized-mnist [default: shapes]")
+                   "binarized-mnist, or a path: a .npy/.npz array (N, ...) of floats or 0..255 "
+                   "integers, or a folder of PNG/JPEG images [default: shapes]")
+    t.add_argument("--test", metavar="PATH", default=None, help="with --dataset PATH: a .npy/.npz "
+                   "array or image folder holding the test set [default: a .npz's 'test' array, "
+                   "else none]")
     t.add_argument("--data-dir", default=None, help="folder holding the dataset's files "
                    "(else $MINIVAE_DATA_DIR, the cache, then a download)")
     t.add_argument("--binarize", default=None, help="dynamic, static, threshold or none "
@@ -183,7 +187,12 @@ def build_parser():
     e = sub.add_parser("eval", help="held-out ELBO (and importance-sampled log p(x)) of a run",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("run", help="run directory or checkpoint .npz")
-    e.add_argument("--data-dir", default=None)
+    e.add_argument("--data-dir", default=None, help="folder holding a built-in dataset's files "
+                   "[default: the run's, else $MINIVAE_DATA_DIR, the cache, then a download]")
+    e.add_argument("--dataset", metavar="PATH", default=None, help="a run on your own data: "
+                   "where its file or folder is now, if moved (its sha256 must be the recorded "
+                   "one) [default: the path recorded in the run]")
+    e.add_argument("--test", metavar="PATH", default=None, help="the same for its --test data")
     e.add_argument("--split", choices=("test", "valid", "train"), default="test")
     e.add_argument("--iwae", type=_nonneg(int), default=0, metavar="K",
                    help="importance samples per image for log p(x) (0: ELBO only)")
@@ -237,9 +246,15 @@ def _resolve(args):
                  if getattr(args, k) is not None]
         if given:
             raise MinivaeError(f"{', '.join(given)} apply only to --arch conv")
+    from .data.datasets import DATASETS
+    user = args.dataset not in DATASETS
+    if args.test is not None and not user:
+        raise MinivaeError(f"--test goes with --dataset PATH (your own data); {args.dataset} has "
+                           "its own test set")
     if args.binarize is None:
-        args.binarize = preset.get("binarize", "none" if args.dataset == "shapes" else "dynamic")
-    if args.valid_size is None:
+        args.binarize = preset.get("binarize", "none" if args.dataset == "shapes" or user
+                                   else "dynamic")
+    if args.valid_size is None and not user:      # user data: 10% unless it has a test set
         args.valid_size = 0 if args.dataset == "shapes" else 10000
 
 
@@ -283,10 +298,41 @@ def _check_memory(args):
     memory.check(parts, memory.available())
 
 
-def _load_data(name, data_dir, binarize, valid_size, seed):
+def _load_data(name, data_dir, binarize, valid_size, seed, test=None):
+    """(Dataset, dataset_args): a built-in dataset by name, or the user's file or folder (whose
+    dataset_args also hold its path, sha256 and the resolved valid_size)."""
     from .data import load_dataset
-    return load_dataset(name, data_dir=data_dir, binarize=binarize, valid_size=valid_size,
-                        seed=seed)
+    from .data.datasets import DATASETS
+    from .data.user import is_path, load_path
+    args = dict(data_dir=data_dir, binarize=binarize, valid_size=valid_size, seed=seed)
+    if name in DATASETS:
+        return load_dataset(name, data_dir=data_dir, binarize=binarize, valid_size=valid_size,
+                            seed=seed), args
+    if not is_path(name):
+        raise MinivaeError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, or "
+                           "give a path to a .npy/.npz array or a folder of images")
+    data, record = load_path(name, test=test, valid_size=valid_size, seed=seed,
+                             binarize=binarize)
+    return data, {**args, "data_dir": None, **record}
+
+
+def _reload_data(meta, data_dir=None, path=None, test=None):
+    """The data a run was trained on, from its dataset record; user data is refused when its
+    sha256 differs from the one recorded (path, test: where the files are now, if moved)."""
+    d = meta.get("dataset_args") or {}
+    if "path" not in d:
+        return _load_data(meta["dataset"], data_dir or d.get("data_dir"),
+                          d.get("binarize", meta.get("binarize", "none")), d.get("valid_size", 0),
+                          d.get("seed", 0))[0]
+    path, test = path or d["path"], test or d.get("test")
+    data, now = _load_data(path, None, d["binarize"], d["valid_size"], d["seed"], test=test)
+    for key, where in (("sha256", path), ("test_sha256", test)):
+        if d.get(key) is not None and now.get(key) != d[key]:
+            raise MinivaeError(f"{where} changed since the run was trained (sha256 "
+                               f"{now.get(key)}, recorded {d[key]}): restore the data the run "
+                               "was trained on (give its new place with --dataset / --test), "
+                               "or train a new run")
+    return data
 
 
 def _conv_options(args, data):
@@ -304,7 +350,7 @@ def cmd_train(args):
 
 
 def _cmd_train(args, held):
-    from .train import TrainConfig, Trainer, load_run, read_metrics
+    from .train import TrainConfig, Trainer, check_dataset, load_run, read_metrics
 
     log = (lambda msg: print(msg, file=sys.stderr, flush=True))
     if args.resume is not None and not args.resume.strip():
@@ -330,8 +376,7 @@ def _cmd_train(args, held):
             raise MinivaeError(f"{args.resume} was not started by minivae train (its checkpoint "
                                "does not say how to load its data); resume it from Python with "
                                "Trainer.restore")
-        data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"), d["binarize"],
-                          d["valid_size"], d["seed"])
+        data = _reload_data(meta, args.data_dir)
         trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
                           dataset_args=d)
         trainer.restore(meta, opt_arrays, extra)
@@ -339,7 +384,8 @@ def _cmd_train(args, held):
     else:
         _resolve(args)
         _check_memory(args)
-        data = _load_data(args.dataset, args.data_dir, args.binarize, args.valid_size, args.seed)
+        data, dataset_args = _load_data(args.dataset, args.data_dir, args.binarize,
+                                        args.valid_size, args.seed, test=args.test)
         model = _make_model(args, data.dim, _conv_options(args, data))
         tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                            optimizer=args.optimizer, seed=args.seed, clip=args.clip,
@@ -350,15 +396,15 @@ def _cmd_train(args, held):
         tcfg.check()
         from .schedules import check_model
         check_model(tcfg, model)
-        run_dir = _make_run_dir(args.out, args.dataset)
+        check_dataset(model, data)             # before anything is written
+        run_dir = _make_run_dir(args.out, data.name)
         held.enter_context(rundir.lock(run_dir, log))
         rundir.check_new(run_dir)       # another run may have filled it before our lock
-        dataset_args = dict(data_dir=args.data_dir, binarize=args.binarize,
-                            valid_size=args.valid_size, seed=args.seed)
         trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
                           dataset_args=dataset_args)
-        config = dict(model=model.config, train=vars(tcfg), dataset=args.dataset,
-                      dataset_args=trainer.dataset_args, argv=sys.argv[1:])
+        config = dict(model=model.config, train=vars(tcfg), dataset=data.name,
+                      dataset_args=trainer.dataset_args, image_shape=list(data.image_shape),
+                      argv=sys.argv[1:])
         from .checkpoint import atomic_write
         atomic_write(os.path.join(run_dir, "config.json"),
                      lambda f: f.write(json.dumps(config, indent=2).encode()))
@@ -476,9 +522,7 @@ def cmd_eval(args):
     from .backend import make_rng
     from .train import evaluate
     model, meta, _, _ = _load_for_device(args.run, args.device)
-    d = meta.get("dataset_args", {})
-    data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"),
-                      meta.get("binarize", "none"), d.get("valid_size", 0), d.get("seed", 0))
+    data = _reload_data(meta, args.data_dir, args.dataset, args.test)
     x = getattr(data, args.split)
     if x is None:
         raise MinivaeError(f"dataset {data.name} has no {args.split} split here; use --split "
@@ -559,9 +603,7 @@ def cmd_traverse(args):
         raise MinivaeError(f"--out {out}: no such folder; create it first")
     model, meta, _, _ = _load_for_device(args.run, args.device)
     run_dir = args.run if os.path.isdir(args.run) else os.path.dirname(args.run) or "."
-    d = meta.get("dataset_args", {})
-    data = _load_data(meta["dataset"], args.data_dir or d.get("data_dir"),
-                      meta.get("binarize", "none"), d.get("valid_size", 0), d.get("seed", 0))
+    data = _reload_data(meta, args.data_dir)
     x = data.test if data.test is not None else (data.valid if data.valid is not None
                                                   else data.train)
     if args.image >= len(x):

@@ -9,6 +9,8 @@ negative).
 matplotlib is imported inside each function (with the Agg backend), so importing minivae never
 pays for it and no display is needed.
 """
+import math
+
 import numpy as np
 
 from .backend import to_host
@@ -22,18 +24,30 @@ def _plt():
     return plt
 
 
+def drawable_shape(image_shape):
+    """The shape an example is drawn in: (H, W) grey or (H, W, 3) RGB as they are, (H, W, 1) as
+    (H, W); a flat (D,) as a square when D is one, else one row; any other shape as
+    (prod(shape[:-1]), shape[-1])."""
+    shape = tuple(int(s) for s in image_shape)
+    if not shape or min(shape) < 1:
+        raise MinivaeError(f"image_shape must be positive sizes, got {image_shape!r}")
+    if len(shape) == 3 and shape[2] == 1:
+        return shape[:2]
+    if len(shape) == 2 or (len(shape) == 3 and shape[2] == 3):
+        return shape
+    if len(shape) == 1:
+        r = math.isqrt(shape[0])
+        return (r, r) if r * r == shape[0] else (1, shape[0])
+    return (math.prod(shape[:-1]), shape[-1])
+
+
 def image_grid(images, image_shape, ncols):
     """(N, D) in [0, 1] -> one (rows*(H+1) + 1, ncols*(W+1) + 1[, C]) array for imshow.
 
     image_shape: (H, W) grey or (H, W, C) with C = 1 (grey) or 3 (RGB), row-major in each row of
-    images.  The gaps between images are mid grey, so that white and black images both show
+    images (other shapes: see drawable_shape).  The gaps between images are mid grey, so that white and black images both show
     their edges."""
-    image_shape = tuple(int(s) for s in image_shape)
-    if len(image_shape) == 3 and image_shape[2] == 1:
-        image_shape = image_shape[:2]
-    if len(image_shape) not in (2, 3) or (len(image_shape) == 3 and image_shape[2] != 3):
-        raise MinivaeError(f"image_shape must be (H, W), (H, W, 1) or (H, W, 3) to be drawn, "
-                           f"got {image_shape}")
+    image_shape = drawable_shape(image_shape)
     images = np.clip(to_host(images), 0, 1).reshape(-1, *image_shape)
     n, (h, w), rest = len(images), image_shape[:2], image_shape[2:]
     nrows = -(-n // ncols)

@@ -127,6 +127,16 @@ class TrainConfig:
         return self
 
 
+def check_dataset(model, d):
+    """Raise a one-line MinivaeError unless every split of the Dataset d suits the model."""
+    for split in ("train", "valid", "test"):
+        x = getattr(d, split, None)
+        if x is not None:
+            model.check_data(x[:0] if len(x) == 0 else x, name=f"{d.name} {split} data")
+    if d.train is None or len(d.train) == 0:
+        raise MinivaeError(f"dataset {d.name} has no training images")
+
+
 class Diverged(MinivaeError):
     """The loss or the gradient became NaN or infinite."""
 
@@ -200,13 +210,7 @@ class Trainer:
         self._sums, self._n_done, self._skipped, self._seconds = np.zeros(3), 0, 0, 0.0
 
     def _check_data(self):
-        d, m = self.data, self.model
-        for split in ("train", "valid", "test"):
-            x = getattr(d, split, None)
-            if x is not None:
-                m.check_data(x[:0] if len(x) == 0 else x, name=f"{d.name} {split} data")
-        if d.train is None or len(d.train) == 0:
-            raise MinivaeError(f"dataset {d.name} has no training images")
+        check_dataset(self.model, self.data)
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self):
@@ -756,6 +760,12 @@ def _check_meta(where, meta):
                 and (d.get("data_dir") is None or isinstance(d.get("data_dir"), str))))):
         raise MinivaeError(f"{where}: its dataset record is malformed (dataset, binarize, "
                            "dataset_args with binarize, valid_size, seed, data_dir)")
+    for key in ("path", "test"):          # a run on the user's own data (minivae.data.user)
+        sha = d.get(f"{key}_sha256" if key == "test" else "sha256")
+        if key in d and not (isinstance(d[key], str) and isinstance(sha, str) and len(sha) == 64
+                             and all(c in "0123456789abcdef" for c in sha)):
+            raise MinivaeError(f"{where}: its dataset record's {key} and sha256 are malformed; "
+                               "the file is damaged")
     shape = meta["image_shape"]
     if not (isinstance(shape, list) and shape and all(_is_int(s, 1) for s in shape)
             and math.prod(shape) == meta["model"]["data_dim"]):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minivae.errors import MinivaeError
-from minivae.plots import image_grid, loss_scale, save_grid, save_loss_curves
+from minivae.plots import drawable_shape, image_grid, loss_scale, save_grid, save_loss_curves
 
 
 def _centre_pixel(path):
@@ -36,8 +36,16 @@ def test_image_grid_layout_and_shapes():
     assert image_grid(x, (2, 3, 1), ncols=2).shape == g.shape     # (H, W, 1) is grey
     rgb = image_grid(np.ones((3, 12), np.float32), (2, 2, 3), ncols=2)
     assert rgb.shape == (2 * 3 + 1, 2 * 3 + 1, 3)
+    assert image_grid(np.ones((1, 8), np.float32), (2, 2, 2), ncols=1).shape == (4 + 2, 2 + 2)
     with pytest.raises(MinivaeError, match="image_shape"):
-        image_grid(np.ones((1, 8), np.float32), (2, 2, 2), ncols=1)
+        image_grid(np.ones((1, 8), np.float32), (8, 0), ncols=1)
+
+
+def test_drawable_shapes():
+    assert drawable_shape((28, 20)) == (28, 20) and drawable_shape((9, 7, 3)) == (9, 7, 3)
+    assert drawable_shape((9, 7, 1)) == (9, 7)
+    assert drawable_shape((16,)) == (4, 4) and drawable_shape((10,)) == (1, 10)
+    assert drawable_shape((3, 4, 5)) == (12, 5)
 
 
 def test_loss_scale():

@@ -400,6 +400,16 @@ class Dataset:
     binarize: str
     labels: dict | None = None
 
+    @staticmethod
+    def from_arrays(train, test=None, valid=None, image_shape=None, name="arrays",
+                    binarize="none", labels=None):
+        """A Dataset from your own arrays (N, ...): floats, or integers 0..255 (scaled by
+        1/255); image_shape defaults to train.shape[1:], (H, W) grey or (H, W, 3) RGB.  Every
+        input is checked (see minivae.data.user)."""
+        from .user import from_arrays
+        return from_arrays(train, test=test, valid=valid, image_shape=image_shape, name=name,
+                           binarize=binarize, labels=labels)
+
     @property
     def dim(self):
         """D, the number of pixels per image."""
