@@ -74,14 +74,30 @@ def _nonneg(kind):
     return parse
 
 
+class _Help(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already states its default
+    (as "[default: ...]", for the defaults resolved later from the preset or the dataset) or
+    there is none to state (None, False: a flag's absence)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" not in text and action.option_strings
+                and not any(action.default is v for v in (None, False, argparse.SUPPRESS))):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser():
+    from . import __version__
     from .layers import ACTIVATIONS
     p = argparse.ArgumentParser(prog="minivae", description="Variational autoencoders from "
                                 "scratch: train, evaluate and sample.")
+    p.add_argument("--version", action="version", version=f"minivae {__version__}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a VAE and write a run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     t.add_argument("--preset", choices=sorted(PRESETS), help="a standard architecture and "
                    "protocol (its values are defaults the other options override)")
     t.add_argument("--dataset", default=None, help="shapes (built in), mnist, fashion-mnist, "
@@ -93,20 +109,27 @@ def build_parser():
     t.add_argument("--data-dir", default=None, help="folder holding the dataset's files "
                    "(else $MINIVAE_DATA_DIR, the cache, then a download)")
     t.add_argument("--binarize", default=None, help="dynamic, static, threshold or none "
-                   "[default: dynamic for MNIST-like data, none for shapes]")
+                   "[default: dynamic for MNIST-like data, none for shapes and your own data]")
     t.add_argument("--valid-size", type=_nonneg(int), default=None,
-                   help="held-out validation images taken from the training split")
-    t.add_argument("--epochs", type=_nonneg(int), default=None, help="[default: 30]")
-    t.add_argument("--batch-size", type=_positive(int), default=None, help="[default: 128]")
-    t.add_argument("--lr", type=_positive(float), default=None, help="[default: 1e-3]")
+                   help="held-out validation images taken from the training split by the seed "
+                   "[default: 10000 for MNIST-like data, 0 for shapes; your own data: 10%% "
+                   "without a test set, else 0]")
+    t.add_argument("--epochs", type=_nonneg(int), default=None,
+                   help="passes over the training set [default: 30]")
+    t.add_argument("--batch-size", type=_positive(int), default=None,
+                   help="examples per step [default: 128]")
+    t.add_argument("--lr", type=_positive(float), default=None,
+                   help="learning rate [default: 1e-3]")
     t.add_argument("--lr-schedule", choices=("constant", "iwae"), default=None,
                    help="iwae: lr * 10^(-i/7) for 3^i epochs, i = 0..7 (Burda et al. 2016) "
                    "[default: constant]")
-    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    t.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                   help="Adam, or SGD (plain; momentum from Python)")
     t.add_argument("--clip", type=_nonneg(float), default=0.0, help="max gradient norm (0: off)")
     t.add_argument("--hidden", type=_hidden, default=None, help="hidden widths, e.g. 400 or "
                    "200,200 [default: 400]")
-    t.add_argument("--latent-dim", type=_positive(int), default=None, help="[default: 10]")
+    t.add_argument("--latent-dim", type=_positive(int), default=None,
+                   help="Z, the number of latent dimensions [default: 10]")
     t.add_argument("--arch", choices=("mlp", "conv"), default=None,
                    help="mlp: dense encoder/decoder; conv: convolutions (stride-2 halvings), "
                    "dense --hidden widths, a mirrored transposed-convolution decoder "
@@ -121,8 +144,10 @@ def build_parser():
     t.add_argument("--padding", type=_nonneg(int), default=None,
                    help="--arch conv: zero padding [default: (kernel - stride) // 2]")
     t.add_argument("--activation", choices=sorted(ACTIVATIONS), default=None,
-                   help="[default: relu]")
-    t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli")
+                   help="hidden layers' activation [default: relu]")
+    t.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default="bernoulli",
+                   help="the decoder's p(x|z): Bernoulli from logits (data in [0, 1]), or "
+                   "Gaussian (continuous data; see --learn-sigma, --gaussian-mean)")
     t.add_argument("--sigma", type=_positive(float), default=1.0,
                    help="Gaussian likelihood: the (initial) standard deviation")
     t.add_argument("--learn-sigma", choices=("fixed", "shared", "per-dim", "per-example"),
@@ -146,7 +171,9 @@ def build_parser():
                    help="steps over which C rises to C_MAX (0: C_MAX from the start)")
     t.add_argument("--gamma", type=_positive(float), default=1000.0,
                    help="weight of |KL - C| with --capacity")
-    t.add_argument("--objective", choices=("elbo", "iwae"), default="elbo")
+    t.add_argument("--objective", choices=("elbo", "iwae"), default="elbo",
+                   help="the training objective: the (beta-)ELBO, or the K-sample IWAE bound "
+                   "(K from --k)")
     t.add_argument("--k", "--samples", dest="samples", type=_positive(int), default=1,
                    help="Monte Carlo samples per example (the K of --objective iwae)")
     t.add_argument("--latent", choices=("gaussian", "bernoulli"), default="gaussian",
@@ -162,8 +189,11 @@ def build_parser():
     t.add_argument("--baseline", choices=("none", "mean"), default="none",
                    help="--estimator score's control variate: none, or the leave-one-out mean "
                    "of the other --k samples of each example (--k >= 2)")
-    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--seed", type=_nonneg(int), default=0)
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="floating-point type of parameters and data (float64: for checks)")
+    t.add_argument("--seed", type=_nonneg(int), default=0,
+                   help="seeds the initialisation, the data order, the noise and the held-out "
+                   "split")
     t.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="[default: $MINIVAE_DEVICE or cpu]")
     t.add_argument("--out", default=None, help="run directory to create "
@@ -180,12 +210,13 @@ def build_parser():
                    help="after training, estimate log p(x) with K importance samples (0: off)")
     t.add_argument("--iwae-n", type=_positive(int), default=None,
                    help="held-out images for --iwae [default: all]")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar (there is none "
+                   "anyway when stderr is not a terminal: one plain line per epoch)")
     t.add_argument("--no-memory-check", action="store_true", help="train even when the "
                    "memory estimate exceeds what the machine has free")
 
     e = sub.add_parser("eval", help="held-out ELBO (and importance-sampled log p(x)) of a run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     e.add_argument("run", help="run directory or checkpoint .npz")
     e.add_argument("--data-dir", default=None, help="folder holding a built-in dataset's files "
                    "[default: the run's, else $MINIVAE_DATA_DIR, the cache, then a download]")
@@ -193,28 +224,33 @@ def build_parser():
                    "where its file or folder is now, if moved (its sha256 must be the recorded "
                    "one) [default: the path recorded in the run]")
     e.add_argument("--test", metavar="PATH", default=None, help="the same for its --test data")
-    e.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    e.add_argument("--split", choices=("test", "valid", "train"), default="test",
+                   help="the part of the run's data to evaluate on")
     e.add_argument("--iwae", type=_nonneg(int), default=0, metavar="K",
                    help="importance samples per image for log p(x) (0: ELBO only)")
     e.add_argument("--n", type=_positive(int), default=None, help="first N images only")
     e.add_argument("--rows", type=_positive(int), default=10000,
                    help="most samples decoded at once (memory bound)")
-    e.add_argument("--seed", type=_nonneg(int), default=0)
-    e.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    e.add_argument("--seed", type=_nonneg(int), default=0,
+                   help="seeds the evaluation's noise (the ELBO's and the importance samples)")
+    e.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="[default: the device the run was trained on]")
     e.add_argument("--json", action="store_true", help="print one JSON line")
-    e.add_argument("--no-progress", action="store_true")
+    e.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (there is none anyway when stderr is not a terminal)")
 
     s = sub.add_parser("sample", help="a PNG grid of samples from the prior",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     s.add_argument("run", help="run directory or checkpoint .npz")
-    s.add_argument("--n", type=_positive(int), default=64)
-    s.add_argument("--seed", type=_nonneg(int), default=0)
+    s.add_argument("--n", type=_positive(int), default=64, help="number of samples")
+    s.add_argument("--seed", type=_nonneg(int), default=0, help="seeds the draws from the prior")
     s.add_argument("--out", default=None, help="PNG path [default: RUN/samples-seed<S>.png]")
-    s.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    s.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="[default: the device the run was trained on]")
 
     v = sub.add_parser("traverse", help="latent traversals (sorted by KL), the 2-D manifold and "
                        "the latents x factors MI heat map of a run",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                       formatter_class=_Help)
     v.add_argument("run", help="run directory or checkpoint .npz")
     v.add_argument("--out", default=None, help="folder for traversals.png, manifold.png (2-D "
                    "latents) and mi.png (shapes) [default: the run directory]")
@@ -222,7 +258,8 @@ def build_parser():
     v.add_argument("--image", type=_nonneg(int), default=0,
                    help="which held-out image to traverse around")
     v.add_argument("--seed", type=_nonneg(int), default=0, help="draws of the MI images")
-    v.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    v.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="[default: the device the run was trained on]")
     return p
 
 
@@ -377,7 +414,7 @@ def _cmd_train(args, held):
                                "does not say how to load its data); resume it from Python with "
                                "Trainer.restore")
         data = _reload_data(meta, args.data_dir)
-        trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
+        trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=_progress(args),
                           dataset_args=d)
         trainer.restore(meta, opt_arrays, extra)
         log(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.step + 1}")
@@ -400,7 +437,7 @@ def _cmd_train(args, held):
         run_dir = _make_run_dir(args.out, data.name)
         held.enter_context(rundir.lock(run_dir, log))
         rundir.check_new(run_dir)       # another run may have filled it before our lock
-        trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=not args.no_progress,
+        trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=_progress(args),
                           dataset_args=dataset_args)
         config = dict(model=model.config, train=vars(tcfg), dataset=data.name,
                       dataset_args=trainer.dataset_args, image_shape=list(data.image_shape),
@@ -424,6 +461,11 @@ def _cmd_train(args, held):
     if rows and f"{held}_elbo" in rows[0]:
         summary[f"{held}_elbo_before"] = round(rows[0][f"{held}_elbo"], 3)
         summary[f"{held}_elbo_after"] = round(rows[-1][f"{held}_elbo"], 3)
+        summary["units"] = "nats per example"
+        x_held = data.valid if held == "valid" else data.test
+        if x_held is not None:
+            summary.update({f"{held}_{k}_after": v for k, v in _eight_bit_terms(
+                model, x_held, {"elbo": rows[-1][f"{held}_elbo"]}).items()})
     if data.test is not None or data.valid is not None:
         if _discrete(model):
             summary.update(_discrete_summary(model, data, args.iwae, args.iwae_n, args.seed))
@@ -433,9 +475,10 @@ def _cmd_train(args, held):
                 model, data.test if data.test is not None else data.valid)[0]
     if args.iwae and not _discrete(model):
         summary.update(_iwae_summary(model, data, args.iwae, args.iwae_n, args.seed,
-                                     not args.no_progress))
+                                     _progress(args)))
     log(json.dumps(summary))
-    print(f"trained {trainer.epoch} epochs in {wall:.1f} s; run directory: {run_dir}")
+    print(f"trained {_plural(trainer.epoch, 'epoch')} in {wall:.1f} s; run directory: "
+          f"{run_dir}")
     return 0
 
 
@@ -544,25 +587,89 @@ def cmd_eval(args):
         from .likelihood import importance_log_likelihood
         t0 = time.perf_counter()
         ll = importance_log_likelihood(model, x, args.iwae, make_rng([args.seed, 4], model.xp),
-                                       rows=args.rows, progress=not args.no_progress)
+                                       rows=args.rows, progress=_progress(args))
         res.update({"iwae_k": args.iwae, "logpx": round(float(ll.mean()), 4),
                     "logpx_stderr": round(float(ll.std(ddof=1) / len(ll) ** 0.5), 4)
                     if len(ll) > 1 else None,
                     "iwae_s": round(time.perf_counter() - t0, 2)})
+    res["units"] = "nats per example"
+    res.update(_eight_bit_terms(model, x, res))
+    res.update(seed=args.seed, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    record = _record_eval(args.run, res)
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{args.split} ({len(x)} images): ELBO {res['elbo']:.3f} nats "
-              f"(reconstruction {-res['rec']:.3f}, KL {res['kl']:.3f})")
+        print(f"{args.split} ({_plural(len(x), 'image')}): ELBO {res['elbo']:.3f} nats per "
+              f"example (reconstruction {-res['rec']:.3f}, KL {res['kl']:.3f})")
+        if "elbo_bits_per_dim" in res:
+            print(f"  on the 8-bit scale (- D log 256, D = {model.data_dim}): ELBO "
+                  f"{res['elbo_8bit']:.3f} nats, {res['elbo_bits_per_dim']:.4f} bits/dim")
         if _discrete(model):
             how = ("exact, all 2^K states" if res["exact"] else
                    f"importance sampling, {args.iwae or 1000} samples")
             print(f"ELBO {res.get('elbo_exact', res.get('elbo_is')):.3f}, log p(x) "
                   f"{res['logpx']:.3f} nats ({how}, {res['eval_s']:.1f} s)")
         elif args.iwae:
-            print(f"log p(x) ~ {res['logpx']:.3f} nats (IWAE, K={args.iwae}, "
+            se = "" if res["logpx_stderr"] is None else f" +- {res['logpx_stderr']:.3f}"
+            print(f"log p(x) ~ {res['logpx']:.3f}{se} nats per example (IWAE, K={args.iwae}, "
                   f"{res['iwae_s']:.1f} s); gap to the ELBO {res['logpx'] - res['elbo']:.3f}")
+            if "logpx_bits_per_dim" in res:
+                print(f"  on the 8-bit scale: log p(x) {res['logpx_8bit']:.3f} nats, "
+                      f"{res['logpx_bits_per_dim']:.4f} bits/dim")
+    if record:
+        print(f"recorded in {record}", file=sys.stderr)
     return 0
+
+
+def _progress(args):
+    """A progress bar only on a terminal: in a log file its redrawn lines would pile up (the
+    trainer's plain per-epoch line is printed either way)."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _plural(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _eight_bit_terms(model, x, res):
+    """For a continuous (Gaussian) decoder on data in [0, 1]: the ELBO and log p(x) converted to
+    the 8-bit scale and to bits per dimension (minivae.likelihood.eight_bit)."""
+    import numpy as np
+    from .likelihood import eight_bit
+    if getattr(model.likelihood, "name", None) != "gaussian":
+        return {}
+    x = np.asarray(x)
+    if not (x.min() >= 0 and x.max() <= 1):
+        return {}
+    out = {}
+    for key in ("elbo", "logpx"):
+        if res.get(key) is not None:
+            nats, bpd = eight_bit(res[key], model.data_dim)
+            out.update({f"{key}_8bit": round(nats, 4), f"{key}_bits_per_dim": round(bpd, 5)})
+    return out
+
+
+def _record_eval(run, res):
+    """Write res as RUN/evals/<time>-<split>[-iwaeK].json (atomic; a second evaluation in the
+    same second gets -2, -3, ...); returns the path, or None (with a warning) if the run
+    directory cannot be written."""
+    from .checkpoint import atomic_write
+    run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    folder = os.path.join(run_dir, "evals")
+    stem = (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{res['split']}"
+            + (f"-iwae{res['iwae_k']}" if res.get("iwae_k") else ""))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        path, i = os.path.join(folder, stem + ".json"), 1
+        while os.path.exists(path):
+            i += 1
+            path = os.path.join(folder, f"{stem}-{i}.json")
+        atomic_write(path, lambda f: f.write((json.dumps(res, indent=1) + "\n").encode()))
+    except (OSError, MinivaeError) as e:
+        print(f"minivae: warning: the evaluation was not recorded in {folder} ({e})",
+              file=sys.stderr)
+        return None
+    return path
 
 
 def _load_for_device(run, device):

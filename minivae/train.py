@@ -652,7 +652,7 @@ def _describe(row):
         if f"{split}_elbo" in row:
             parts.append(f"{split} ELBO {row[f'{split}_elbo']:.3f} "
                          f"(rec {row[f'{split}_rec']:.3f}, KL {row[f'{split}_kl']:.3f})")
-    return ", ".join(parts)
+    return ", ".join(parts) + " (nats per example)"
 
 
 # -------------------------------------------------------------------------------- loading runs
