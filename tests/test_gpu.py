@@ -221,6 +221,10 @@ def _batch(n=16, d=64, seed=1):
 CONFIGS = [dict(activation=a) for a in ACTS] + [
     dict(likelihood="gaussian", sigma=0.5), dict(likelihood="gaussian", learn_sigma="shared"),
     dict(likelihood="gaussian", learn_sigma="per-dim"),
+    dict(likelihood="gaussian", gaussian_mean="sigmoid", learn_sigma="shared"),
+    dict(likelihood="gaussian", learn_sigma="per-example"),
+    dict(likelihood="gaussian", learn_sigma="per-example", gaussian_mean="sigmoid",
+         objective="iwae", samples=3),
     dict(samples=3), dict(objective="iwae", samples=5), dict(dtype="float64")]
 
 
