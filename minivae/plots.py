@@ -3,8 +3,9 @@
 Images are drawn as they are: a grey value of 1 is white and 0 black (the convention of MNIST,
 Fashion-MNIST, photographs and every image file); an image_shape of (H, W, 3) is RGB, drawn in
 colour.  Loss panels are in nats per example, on a log axis while every value is positive and on a
-symmetric-log axis otherwise (a continuous decoder's density can exceed 1, so its -ELBO can be
-negative).
+linear one otherwise (a continuous decoder's density can exceed 1, so its -ELBO can be negative),
+fitted to the epochs after 0 when epoch 0 lies far above them (its values then written in the
+panel).
 
 matplotlib is imported inside each function (with the Agg backend), so importing minivae never
 pays for it and no display is needed.
@@ -86,20 +87,30 @@ def save_reconstructions(path, x, recon, image_shape, n=8):
 
 def loss_scale(values):
     """The y-axis of a loss panel: 'log' when every value is positive (epoch 0 sits an order of
-    magnitude above the rest), else 'symlog' with linthresh the smallest nonzero |value| that is
-    at least 1% of the largest (values of either sign stay readable), as (scale, kwargs)."""
+    magnitude above the rest), else 'linear' (a continuous decoder's -ELBO can be negative,
+    where a log axis shows nothing)."""
     v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    if v.size == 0:
-        return "linear", {}
-    if (v > 0).all():
-        return "log", {}
-    a = np.abs(v)
-    big = a.max()
-    if big == 0:
-        return "linear", {}
-    small = a[a >= 0.01 * big]
-    return "symlog", {"linthresh": float(small.min())}
+    return "log" if v.size and (v > 0).all() else "linear"
+
+
+def _linear_limits(ax, points):
+    """On a linear axis, fit the limits to the epochs after 0 when epoch 0 lies far outside
+    them (it would flatten every later difference), and write the off-axis values in the panel.
+    points: [(epoch, value)]."""
+    later = [v for e, v in points if e > 0 and np.isfinite(v)]
+    first = [v for e, v in points if e == 0 and np.isfinite(v)]
+    if not later or not first:
+        return
+    lo, hi = min(later), max(later)
+    pad = 0.08 * max(hi - lo, 1e-3 * max(abs(lo), abs(hi), 1.0))
+    off = [v for v in first if v < lo - 3 * (hi - lo + pad) or v > hi + 3 * (hi - lo + pad)]
+    if not off:
+        return
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.text(0.02, 0.03 if off[0] < lo else 0.97, "epoch 0 off the axis: "
+            + ", ".join(f"{v:.4g}" for v in off), transform=ax.transAxes, fontsize=7,
+            va="bottom" if off[0] < lo else "top", color="0.35")
 
 
 def save_loss_curves(path, rows, title="training"):
@@ -114,23 +125,25 @@ def save_loss_curves(path, rows, title="training"):
                                "-IWAE_K; held-out: beta-weighted -ELBO)",
                                "reconstruction -E log p(x|z),\nnats per example",
                                "KL(q(z|x) || p(z)), nats per example")):
-        values = []
+        points = []
         for split, style in (("train", "-o"), ("valid", "-s"), ("test", "-^")):
             pts = [(r["epoch"], r[f"{split}_{key}"]) for r in rows if f"{split}_{key}" in r]
             if pts:
                 e, v = zip(*pts)
-                values += v
+                points += pts
                 ax.plot(e, v, style, ms=3, label=split)
         ax.set_xlabel("epoch (0: before training)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if key != "kl" and values:
-            scale, kw = loss_scale(values)
-            ax.set_yscale(scale, **kw)
-            if scale == "symlog":
-                ax.axhline(0, color="0.6", lw=0.8)
+        if key != "kl" and points:
+            scale = loss_scale([v for _, v in points])
+            ax.set_yscale(scale)
+            if scale == "linear":
+                _linear_limits(ax, points)
+                if ax.get_ylim()[0] < 0 < ax.get_ylim()[1]:
+                    ax.axhline(0, color="0.6", lw=0.8)
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
-        if values:
+        if points:
             ax.legend(fontsize=8)
         drawn[key] = (ax.get_yscale(), ax.get_ylim())
     fig.suptitle(title, fontsize=10)
