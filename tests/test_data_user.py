@@ -299,3 +299,12 @@ def test_make_faces_script(tmp_path):
     assert np.array_equal(read_npy(tmp_path / "g.npy"), grey)          # seeded
     d, _ = load_path(tmp_path / "rgb", valid_size=0)
     assert d.image_shape == (28, 20, 3) and len(d.train) == 6
+
+
+def test_conv_refuses_channels_last_rgb(tmp_path, capsys):
+    """(N, H, W, 3) images are laid out channels-last; the convolutions read (C, H, W): a clear
+    error, not a silent misreading of 28x20x3 as 28 channels of 20x3."""
+    _write_images(tmp_path / "imgs", _faces(10, shape=(8, 8, 3)))
+    rc, _, err = run(["train", "--dataset", str(tmp_path / "imgs"), "--arch", "conv", *SMALL,
+                      "--out", str(tmp_path / "run")], capsys)
+    assert rc == 2 and "channels-last" in err and not (tmp_path / "run").exists()
