@@ -48,13 +48,15 @@ def main():
     p.add_argument("--out", required=True, help="folder for the data, the runs and results.json")
     p.add_argument("--epochs", type=int, default=100, help="epochs per run")
     p.add_argument("--iwae", type=int, default=1000, help="K of the final log p(x) estimate")
+    p.add_argument("--n-train", type=int, default=2000, help="generated training faces")
+    p.add_argument("--n-test", type=int, default=400, help="generated test faces")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     train, test = os.path.join(a.out, "train.npy"), os.path.join(a.out, "test.npy")
     make = os.path.join(ROOT, "scripts", "make_faces.py")
     if not os.path.exists(train):
-        subprocess.run([sys.executable, make, "--out", train, "--n", "2000"], check=True)
-        subprocess.run([sys.executable, make, "--out", test, "--n", "400", "--seed", "1"],
+        subprocess.run([sys.executable, make, "--out", train, "--n", str(a.n_train)], check=True)
+        subprocess.run([sys.executable, make, "--out", test, "--n", str(a.n_test), "--seed", "1"],
                        check=True)
     load = os.getloadavg()[0]
     results = {"data": {"train": train, "test": test, "image_shape": [28, 20]},

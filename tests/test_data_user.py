@@ -308,3 +308,18 @@ def test_conv_refuses_channels_last_rgb(tmp_path, capsys):
     rc, _, err = run(["train", "--dataset", str(tmp_path / "imgs"), "--arch", "conv", *SMALL,
                       "--out", str(tmp_path / "run")], capsys)
     assert rc == 2 and "channels-last" in err and not (tmp_path / "run").exists()
+
+
+def test_faces_study_script_runs_and_gives_verdicts(tmp_path):
+    """scripts/faces_study.py end to end at a toy size: three runs, evaluations, two claims."""
+    import json
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, os.path.join(root, "scripts", "faces_study.py"), "--out",
+                    str(tmp_path), "--epochs", "1", "--iwae", "2", "--n-train", "60",
+                    "--n-test", "12"], check=True, capture_output=True, cwd=root)
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert set(r["runs"]) == {"per-example", "shared", "fixed"}
+    assert all(c["verdict"] in ("verified", "NOT verified") for c in r["claims"])
+    assert all(run["n"] == 12 and run["iwae_k"] == 2 for run in r["runs"].values())
