@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from minivae import cli
 from minivae.data import Dataset, load_path
 from minivae.data.user import fingerprint, read_npy, read_npz, read_path
 from minivae.errors import MinivaeError
+from test_cli import run          # (exit status, stdout, stderr) of cli.main
 
 PIL = pytest.importorskip("PIL.Image")
 SMALL = ["--hidden", "8", "--latent-dim", "2", "--batch-size", "20", "--epochs", "1",
@@ -23,15 +23,6 @@ def _faces(n, seed=0, shape=(6, 5)):
 
 def _digest(path):
     return hashlib.sha256(open(path, "rb").read()).hexdigest(), os.stat(path).st_mtime_ns
-
-
-def run(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ----------------------------------------------------------------------------- arrays
