@@ -356,7 +356,15 @@ def _load_data(name, data_dir, binarize, valid_size, seed, test=None):
 def _reload_data(meta, data_dir=None, path=None, test=None):
     """The data a run was trained on, from its dataset record; user data is refused when its
     sha256 differs from the one recorded (path, test: where the files are now, if moved)."""
+    from .data.datasets import DATASETS
     d = meta.get("dataset_args") or {}
+    if "path" not in d and meta["dataset"] not in DATASETS:
+        if path is None:
+            raise MinivaeError(f"the run was trained on data given in Python ({meta['dataset']!r}), "
+                               "so it does not record where they are: give them with --dataset "
+                               "PATH (unchecked: no sha256 was recorded), or evaluate in Python")
+        return _load_data(path, None, d.get("binarize", meta.get("binarize", "none")), 0,
+                          d.get("seed", 0), test=test)[0]
     if "path" not in d:
         return _load_data(meta["dataset"], data_dir or d.get("data_dir"),
                           d.get("binarize", meta.get("binarize", "none")), d.get("valid_size", 0),

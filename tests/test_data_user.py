@@ -314,3 +314,18 @@ def test_faces_study_script_runs_and_gives_verdicts(tmp_path):
     assert set(r["runs"]) == {"per-example", "shared", "fixed"}
     assert all(c["verdict"] in ("verified", "NOT verified") for c in r["claims"])
     assert all(run["n"] == 12 and run["iwae_k"] == 2 for run in r["runs"].values())
+
+
+def test_eval_of_a_run_made_in_python_on_arrays(tmp_path, capsys):
+    from minivae.model import VAE
+    from minivae.train import TrainConfig, Trainer
+    x = _faces(30)
+    data = Dataset.from_arrays(x[:20], test=x[20:])
+    Trainer(VAE(data.dim, (8,), 2), data, TrainConfig(epochs=1, batch_size=10), str(tmp_path),
+            log=lambda m: None).fit()
+    rc, _, err = run(["eval", str(tmp_path)], capsys)
+    assert rc == 2 and "given in Python" in err and "--dataset PATH" in err
+    np.save(tmp_path / "x.npy", x[20:])
+    rc, out, err = run(["eval", str(tmp_path), "--dataset", str(tmp_path / "x.npy"),
+                        "--split", "train"], capsys)
+    assert rc == 0 and "train (10 images)" in out, err
