@@ -386,8 +386,7 @@ def _conv_options(args, data):
     if len(data.image_shape) == 3 and data.image_shape[2] in (1, 3):
         raise MinivaeError(f"--arch conv takes (H, W) grey images or channels-first (C, H, W) "
                            f"arrays; {data.name} holds channels-last {data.image_shape} images "
-                           "(an image folder or an (N, H, W, 3) array): use --arch mlp, or give "
-                           "a .npy of shape (N, 3, H, W)")
+                           "(an image folder or an (N, H, W, 3) array): use --arch mlp")
     return dict(arch="conv", image_shape=data.image_shape, channels=args.channels,
                 kernel=args.kernel, stride=args.stride, padding=args.padding)
 

@@ -37,6 +37,12 @@ def test_from_arrays_scales_and_keeps_the_image_shape():
     flags = Dataset.from_arrays(np.array([[True, False]]))
     np.testing.assert_array_equal(flags.train, [[1.0, 0.0]])
     assert Dataset.from_arrays(np.ones((2, 6)), image_shape=(2, 3)).image_shape == (2, 3)
+    # shapes a figure cannot draw as they are are recorded as 2-D grey images of the same layout
+    assert Dataset.from_arrays(np.ones((2, 16))).image_shape == (4, 4)
+    assert Dataset.from_arrays(np.ones((2, 10))).image_shape == (1, 10)
+    assert Dataset.from_arrays(np.ones((2, 3, 4, 5))).image_shape == (12, 5)
+    with pytest.raises(MinivaeError, match="image_shape must be"):
+        Dataset.from_arrays(np.ones((2, 8)), image_shape=(2, 2, 2))
 
 
 @pytest.mark.parametrize("make, needle", [

@@ -7,7 +7,8 @@ What is accepted, for every route:
     floats (float16/32/64), finite, any range (a Bernoulli likelihood then needs [0, 1], which
         the model checks); integers 0..255 (any integer dtype), scaled by 1/255; booleans as 0/1;
     shape (N, ...) with N >= 1 and at least one value per example; the image shape is the
-        array's shape[1:]: (H, W) grey, (H, W, 3) RGB (channels last), or anything else (D,), ...
+        array's shape[1:] when it is (H, W) grey or (H, W, 3) RGB (channels last); any other
+        shape is recorded as the 2-D grey image of the same layout (plots.drawable_shape)
 Everything else (object, complex, string or structured dtypes, NaN or infinite values, integers
 outside 0..255, an empty array) is a one-line MinivaeError naming the file and the fix.
 
@@ -66,7 +67,15 @@ def as_examples(a, what):
                                f"8-bit grey levels 0..255 (or give floats)")
         x = flat.astype(np.float32)
         x /= np.float32(255)
-    return x, tuple(int(s) for s in a.shape[1:])
+    return x, _image_shape(a.shape[1:])
+
+
+def _image_shape(shape):
+    """The image shape a run records for examples of array shape `shape`: (H, W) and
+    (H, W, 1 or 3) as they are; any other shape as the 2-D grey image of the same row-major
+    layout (minivae.plots.drawable_shape: (D,) as a square when D is one, else one row)."""
+    from ..plots import drawable_shape
+    return drawable_shape(tuple(int(s) for s in shape))
 
 
 def from_arrays(train, test=None, valid=None, image_shape=None, name="arrays", binarize="none",
@@ -88,6 +97,9 @@ def from_arrays(train, test=None, valid=None, image_shape=None, name="arrays", b
                                f"data {shape}; they must match")
     if image_shape is not None:
         image_shape = tuple(int(s) for s in image_shape)
+        if not (len(image_shape) == 2 or (len(image_shape) == 3 and image_shape[2] in (1, 3))):
+            raise MinivaeError(f"image_shape must be (H, W) or (H, W, 1 or 3 channels), got "
+                               f"{image_shape}")
         if math.prod(image_shape) != x.shape[1]:
             raise MinivaeError(f"image_shape {image_shape} does not hold the {x.shape[1]} values "
                                f"of each example")
