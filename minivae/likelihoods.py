@@ -215,18 +215,10 @@ class GaussianPerExample:
 
     def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None):
         """(nll (S, B), dout (S, B, 2D), False); grad, when given, is written instead of allocating."""
-        xp = get_array_module(out)
-        _, r, m, v = self._split(out)
-        value = dist.gaussian_logvar_nll(m, v, x)
-        dm, dv = dist.gaussian_logvar_nll_grad(m, v, x)
-        if self.mean_fn == "sigmoid":
-            dm *= m * (1 - m)
-        dv *= dist.floored_logvar_grad(r, v)
-        s = out.dtype.type(scale) if _is_number(scale) else scale
-        dout = grad if grad is not None and grad.shape == out.shape else xp.empty_like(out)
-        D = dm.shape[-1]
-        xp.multiply(dm, s, out=dout[..., :D])
-        xp.multiply(dv, s, out=dout[..., D:])
+        ok = grad is not None and grad.shape == out.shape and grad.dtype == out.dtype
+        value, dout = kernels.gaussian_logvar_nll_grad(
+            out, x, scale if _is_number(scale) else scale, self.log_var_min,
+            self.mean_fn == "sigmoid", grad=grad if ok else None)
         return _into(nll, value), dout, False
 
     def nll(self, out, x, nll=None):

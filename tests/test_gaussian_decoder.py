@@ -234,3 +234,52 @@ def test_checkpoint_round_trip_keeps_the_head(tmp_path, rng):
     assert isinstance(loaded.likelihood, GaussianPerExample)
     assert loaded.likelihood.sigma_min == 0.02 and loaded.likelihood.mean_fn == "sigmoid"
     np.testing.assert_array_equal(loaded.buffer.data, model.buffer.data)
+
+
+# ----------------------------------------------------------------------------- the fused kernel
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sigmoid_mean", [False, True])
+@pytest.mark.parametrize("sigma_min", [0.0, 1 / 256])
+@pytest.mark.parametrize("weights", [False, True])
+def test_numba_kernel_matches_the_reference(dtype, sigmoid_mean, sigma_min, weights):
+    """The one-pass Numba kernel against the plain-array specification, extremes included
+    (|a| = 60, r = -60 .. 60).  Both round in dtype; their difference is bounded by the
+    round-off of the operands: with e = exp(-v), m - x cancels to eps (|m| + |x|), 1 - (x-m)^2 e
+    to eps (1 + (|m| + |x|)^2 e), v's own error eps |v| scales e, and a sum over D adds D eps."""
+    from minivae import kernels
+    rng = np.random.default_rng(5)
+    S, B, D = 2, 3, 37
+    out = np.concatenate([rng.normal(0, 3, (S, B, D)), rng.uniform(-8, 3, (S, B, D))], -1)
+    out[0, 0, :4] = [60, -60, 0, 1e-3]
+    out[0, 0, D:D + 4] = [-60, 60, -30, 0]
+    out = out.astype(dtype)
+    x = rng.uniform(0, 1, (B, D)).astype(dtype)
+    scale = rng.uniform(0, 1, (S, B, 1)).astype(dtype) if weights else 0.25
+    c = 2 * math.log(sigma_min) if sigma_min else -math.inf
+    assert kernels.active(out) == "numba"
+    nll, dout = kernels.gaussian_logvar_nll_grad(out, x, scale, c, sigmoid_mean)
+    with kernels.use("reference"):
+        ref_nll, ref_dout = kernels.gaussian_logvar_nll_grad(out, x, scale, c, sigmoid_mean)
+    assert nll.dtype == dtype and dout.dtype == dtype and dout.shape == out.shape
+    # the size of every operand, in float64 from the same inputs
+    o = out.astype(np.float64)
+    a, r = o[..., :D], o[..., D:]
+    m = _sigmoid(a) if sigmoid_mean else a
+    v = np.logaddexp(r, c) if sigma_min else r
+    e, big = np.exp(-v), np.abs(m) + np.abs(x)
+    s = np.broadcast_to(np.asarray(scale, np.float64), (S, B, 1))
+    lift = 1 + np.abs(v)
+    size_a = s * big * e * lift * (m * (1 - m) + np.abs(m) * 4 * np.finfo(dtype).eps
+                                   if sigmoid_mean else 1)
+    size_r = s * (1 + big ** 2 * e * lift) * np.exp(r - v)
+    eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny
+    diff = np.abs(dout.astype(np.float64) - ref_dout)
+    np.testing.assert_array_less(diff[..., :D], 16 * eps * size_a + tiny)
+    np.testing.assert_array_less(diff[..., D:], 16 * eps * size_r + tiny)
+    size_nll = np.sum(big ** 2 * e * lift + np.abs(v) + 1, axis=-1)
+    np.testing.assert_array_less(np.abs(nll.astype(np.float64) - ref_nll),
+                                 (16 + 2 * D) * eps * size_nll)
+    # the kernel writes into given buffers
+    bufs = (np.empty_like(nll), np.empty_like(dout))
+    got = kernels.gaussian_logvar_nll_grad(out, x, scale, c, sigmoid_mean, *bufs)
+    assert got[0] is bufs[0] and got[1] is bufs[1] and np.array_equal(got[1], dout)

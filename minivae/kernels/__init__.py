@@ -343,6 +343,33 @@ def gaussian_nll_grad(mean, x, log_sigma, scale, out=None):
     return tuple(out)
 
 
+def gaussian_logvar_nll_grad(out, x, scale, log_var_min, sigmoid_mean, nll=None, grad=None):
+    """Kingma & Welling's Gaussian head: nll (S, B) and dout (S, B, 2D) for out (S, B, 2D) =
+    [mean | log-variance] (reference.gaussian_logvar_nll_grad).  scale: a number or per-example
+    weights (S, B, 1).  NumPy float32/float64: one Numba pass; CuPy and anything else: the
+    reference (plain xp).  nll, grad: optional outputs of the right shape and dtype."""
+    nb = None if _cupy(out) is not None else _numba(out, x, *(o for o in (nll, grad) if o is not None))
+    ok = (nb is not None and out.ndim == 3 and out.shape[-1] % 2 == 0
+          and x.shape == (out.shape[1], out.shape[2] // 2) and x.flags.c_contiguous
+          and out.flags.c_contiguous)
+    if not ok:
+        res = reference.gaussian_logvar_nll_grad(out, x, scale, log_var_min, sigmoid_mean)
+        return _put(nll, res[0]), _put(grad, res[1])
+    dt = out.dtype
+    S, B, _ = out.shape
+    if isinstance(scale, np.ndarray):
+        scales = np.ascontiguousarray(np.broadcast_to(scale.reshape(S, B), (S, B)), dtype=dt)
+    else:
+        scales = np.full((S, B), scale, dt)
+    nll = np.empty((S, B), dt) if nll is None else nll
+    grad = np.empty_like(out) if grad is None else grad
+    floored = log_var_min != -np.inf
+    nb.gaussian_logvar_nll_grad(out, x, scales, dt.type(log_var_min if floored else 0.0),
+                                floored, bool(sigmoid_mean),
+                                dt.type(0.5) * dt.type(reference.LOG_2PI), nll, grad)
+    return nll, grad
+
+
 # ----------------------------------------------------------------------------- Adam
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
     """One bias-corrected Adam step over flat buffers, in place.

@@ -400,6 +400,45 @@ def gaussian_nll_grad(mean, x, log_sigma, scale, half_log2pi, nll, dmean, dlogsi
             nll[s_, b] = _lane_sum(t, D, acc16)
 
 
+@njit(**_jit)
+def gaussian_logvar_nll_grad(out, x, scales, log_var_min, floored, sigmoid_mean, half_log2pi,
+                             nll, dout):
+    """Kingma & Welling's head, one pass (the formulas of reference.gaussian_logvar_nll_grad):
+    out, dout: (S, B, 2D) = [a | r];  x: (B, D);  scales: (S, B);  nll: (S, B).
+        m = a or sigmoid(a);  v = logaddexp(r, log_var_min) when floored, else r
+        nll = sum_d ((x - m)^2 e^-v + v + log 2 pi) / 2
+        d/da = s (m - x) e^-v [m (1 - m)];  d/dr = s (1 - (x - m)^2 e^-v) / 2 * e^(r - v)"""
+    S, B, D2 = out.shape
+    D = D2 // 2
+    half, one = out.dtype.type(0.5), out.dtype.type(1.0)
+    t = np.empty(D, out.dtype)
+    acc16 = np.empty(16, out.dtype)
+    for s_ in range(S):
+        for b in range(B):
+            sc = scales[s_, b]
+            for d in range(D):
+                a = out[s_, b, d]
+                r = out[s_, b, D + d]
+                if sigmoid_mean:
+                    e = math.exp(-abs(a))
+                    m = one / (one + e) if a >= 0 else e / (one + e)
+                else:
+                    m = a
+                if floored:
+                    hi = r if r > log_var_min else log_var_min
+                    v = hi + math.log1p(math.exp(-abs(r - log_var_min)))
+                else:
+                    v = r
+                inv = math.exp(-v)
+                dd = m - x[b, d]
+                w = dd * inv
+                t[d] = half * (dd * w + v) + half_log2pi
+                da = w * (m * (one - m)) if sigmoid_mean else w
+                dout[s_, b, d] = sc * da
+                dout[s_, b, D + d] = sc * (half * (one - dd * w) * math.exp(r - v))
+            nll[s_, b] = _lane_sum(t, D, acc16)
+
+
 # ----------------------------------------------------------------------------- Adam
 @njit(**_jit)
 def adam_update(p, g, m, v, beta1, one_minus_beta1, beta2, one_minus_beta2, step, inv_c2, eps,

@@ -99,6 +99,23 @@ def gaussian_nll_grad(mean, x, log_sigma, scale):
     return dist.gaussian_nll(mean, x, log_sigma), s * dmean, s * dlogsig
 
 
+def gaussian_logvar_nll_grad(out, x, scale, log_var_min, sigmoid_mean):
+    """Kingma & Welling's head (minivae.likelihoods.GaussianPerExample): out (S, B, 2D) = [a | r],
+    m = a or sigmoid(a), v = logaddexp(r, log_var_min) (r itself when log_var_min = -inf).
+    Returns nll (S, B) and dout (S, B, 2D) = scale * d nll / d out; scale: a number or (S, B, 1)."""
+    xp = get_array_module(out)
+    D = out.shape[-1] // 2
+    a, r = out[..., :D], out[..., D:]
+    m = dist.sigmoid(a) if sigmoid_mean else a
+    v = dist.floored_logvar(r, log_var_min)
+    dm, dv = dist.gaussian_logvar_nll_grad(m, v, x)
+    if sigmoid_mean:
+        dm = dm * (m * (1 - m))
+    dv = dv * dist.floored_logvar_grad(r, v)
+    s = out.dtype.type(scale) if isinstance(scale, (int, float)) else scale
+    return dist.gaussian_logvar_nll(m, v, x), xp.concatenate((dm * s, dv * s), axis=-1)
+
+
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, t):
     """One bias-corrected Adam step over flat buffers, in place.
 
