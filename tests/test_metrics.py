@@ -243,8 +243,10 @@ def test_total_correlation_matches_a_correlated_gaussian(Z, seed, s2, correlated
     """q(z|x_n) = N(A u_n, s2 I), u_n ~ N(0, I): the aggregate posterior tends to
     N(0, A A^T + s2 I), whose TC is closed form.  The estimate (the subsample's mixture) is
     within 4.5 standard errors plus its O(1/N) bias: the self-term q(z_n | x_n) / N and the
-    Jensen term of the log of a mean are each about ((1 + s2) / s2)^(Z/2) / N <= 4.4^2 / N here,
-    so 2 * 20 / N bounds both for every Z <= 4."""
+    Jensen term of the log of a mean are each about q(z|x) / q(z) ~ prod_i sqrt((l_i + s2) / s2)
+    over N, l_i the eigenvalues of A A^T (the aggregate's variance over the posterior's in each
+    principal direction).  (A bound from l_i <= 1 held for the diagonal A only: a random
+    correlated A has l_i up to ~10, and 5% of Z = 4 draws then failed.)"""
     rng = np.random.default_rng(seed)
     n = 2000
     A = rng.standard_normal((Z, Z)) if correlated else np.diag(rng.uniform(0.5, 1.5, Z))
@@ -252,8 +254,9 @@ def test_total_correlation_matches_a_correlated_gaussian(Z, seed, s2, correlated
     logvar = np.full((n, Z), math.log(s2))
     r = metrics.total_correlation(mu, logvar, rng)
     exact = metrics.gaussian_total_correlation(A @ A.T + s2 * np.eye(Z))
-    assert abs(r["tc"] - exact) <= Z_TOL * r["se"] + 40 / n
-    assert abs(r["tc_loo"] - exact) <= Z_TOL * r["se_loo"] + 40 / n
+    bias = np.prod(np.sqrt((np.linalg.eigvalsh(A @ A.T) + s2) / s2)) / n
+    assert abs(r["tc"] - exact) <= Z_TOL * r["se"] + 2 * bias
+    assert abs(r["tc_loo"] - exact) <= Z_TOL * r["se_loo"] + 2 * bias
     assert r["n"] == n and r["marginals"].shape == (Z,)
 
 
