@@ -214,6 +214,10 @@ def build_parser():
                    "anyway when stderr is not a terminal: one plain line per epoch)")
     t.add_argument("--no-memory-check", action="store_true", help="train even when the "
                    "memory estimate exceeds what the machine has free")
+    t.add_argument("--mpi-timeout", type=_positive(float), default=None, metavar="S",
+                   help="under mpiexec: seconds a rank waits for the others in a collective "
+                   "before it stops the job with an error (a rank died or hangs) "
+                   "[default: $MINIVAE_MPI_TIMEOUT or 300]")
 
     e = sub.add_parser("eval", help="held-out ELBO (and importance-sampled log p(x)) of a run",
                        formatter_class=_Help)
@@ -295,8 +299,10 @@ def _resolve(args):
         args.valid_size = 0 if args.dataset == "shapes" else 10000
 
 
-RESUME_OPTIONS = ("resume", "epochs", "data_dir", "no_progress", "iwae", "iwae_n", "command")
-RESUME_OPTIONS_HELP = ("--epochs", "--data-dir", "--no-progress", "--iwae", "--iwae-n")
+RESUME_OPTIONS = ("resume", "epochs", "data_dir", "no_progress", "iwae", "iwae_n", "command",
+                  "mpi_timeout")
+RESUME_OPTIONS_HELP = ("--epochs", "--data-dir", "--no-progress", "--iwae", "--iwae-n",
+                       "--mpi-timeout")
 
 
 def _options_given(args, exclude):
@@ -391,17 +397,19 @@ def _conv_options(args, data):
                 kernel=args.kernel, stride=args.stride, padding=args.padding)
 
 
-def cmd_train(args):
+def cmd_train(args, comm=None):
     """`minivae train`; the run directory's lock is held from before anything in it is read or
-    written until the command ends (see rundir.py)."""
+    written until the command ends (see rundir.py).  comm: a parallel.Comm under mpiexec (rank 0
+    alone locks, writes and logs)."""
     with contextlib.ExitStack() as held:
-        return _cmd_train(args, held)
+        return _cmd_train(args, held, comm)
 
 
-def _cmd_train(args, held):
+def _cmd_train(args, held, comm=None):
     from .train import TrainConfig, Trainer, check_dataset, load_run, read_metrics
 
-    log = (lambda msg: print(msg, file=sys.stderr, flush=True))
+    root = comm is None or comm.root
+    log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if root else (lambda msg: None)
     if args.resume is not None and not args.resume.strip():
         raise MinivaeError(f"--resume needs a run directory, got {args.resume!r} (an unset shell "
                            "variable?); pass the folder of the run to continue")
@@ -415,7 +423,13 @@ def _cmd_train(args, held):
             raise MinivaeError(f"no run directory or checkpoint at {args.resume}; pass the "
                                "folder of a run written by minivae train")
         run_dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
-        held.enter_context(rundir.lock(run_dir or ".", log))
+
+        def lock():
+            held.enter_context(rundir.lock(run_dir or ".", log))
+        if comm is None:
+            lock()
+        else:                                   # rank 0 locks; the others read once it has
+            comm.on_root(lock, "locking the run directory")
         model, meta, opt_arrays, extra = load_run(args.resume)
         tcfg = TrainConfig(**meta["train"])
         if args.epochs is not None:
@@ -427,7 +441,7 @@ def _cmd_train(args, held):
                                "Trainer.restore")
         data = _reload_data(meta, args.data_dir)
         trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=_progress(args),
-                          dataset_args=d)
+                          dataset_args=d, comm=comm)
         trainer.restore(meta, opt_arrays, extra)
         log(f"resuming {run_dir} at epoch {trainer.epoch + 1} step {trainer.step + 1}")
     else:
@@ -446,26 +460,42 @@ def _cmd_train(args, held):
         from .schedules import check_model
         check_model(tcfg, model)
         check_dataset(model, data)             # before anything is written
-        run_dir = _make_run_dir(args.out, data.name)
-        held.enter_context(rundir.lock(run_dir, log))
-        rundir.check_new(run_dir)       # another run may have filled it before our lock
+
+        def new_run_dir():
+            run_dir = _make_run_dir(args.out, data.name)
+            held.enter_context(rundir.lock(run_dir, log))
+            rundir.check_new(run_dir)       # another run may have filled it before our lock
+            return run_dir
+        # under mpiexec: rank 0 makes and locks it, every rank gets its name (the default has
+        # the time in it)
+        run_dir = new_run_dir() if comm is None else comm.on_root(new_run_dir,
+                                                                  "creating the run directory")
         trainer = Trainer(model, data, tcfg, run_dir, log=log, progress=_progress(args),
-                          dataset_args=dataset_args)
+                          dataset_args=dataset_args, comm=comm)
         config = dict(model=model.config, train=vars(tcfg), dataset=data.name,
                       dataset_args=trainer.dataset_args, image_shape=list(data.image_shape),
                       argv=sys.argv[1:])
+        if comm is not None:
+            config["mpi_ranks"] = comm.size
         from .checkpoint import atomic_write
-        atomic_write(os.path.join(run_dir, "config.json"),
-                     lambda f: f.write(json.dumps(config, indent=2).encode()))
-        log(f"{model} on {data.name} ({len(data.train)} training images) -> {run_dir}")
+        if root:
+            atomic_write(os.path.join(run_dir, "config.json"),
+                         lambda f: f.write(json.dumps(config, indent=2).encode()))
+        ranks = (f" on {comm.size} MPI rank{'s' if comm.size > 1 else ''}"
+                 if comm is not None else "")
+        log(f"{model} on {data.name} ({len(data.train)} training images){ranks} -> {run_dir}")
     t0 = time.perf_counter()
     from .train import Interrupted
     try:
         trainer.fit()
     except Interrupted as e:
-        print(f"minivae: {e}; resume with: minivae train --resume {run_dir}", file=sys.stderr)
+        if root:
+            print(f"minivae: {e}; resume with: minivae train --resume {run_dir}",
+                  file=sys.stderr)
         return 130
     wall = time.perf_counter() - t0
+    if not root:
+        return 0
     rows = read_metrics(run_dir)
     _figures(model, data, rows, run_dir)
     summary = {"run_dir": run_dir, "wall_s": round(wall, 2), "epochs": trainer.epoch}
@@ -744,22 +774,45 @@ def _square(d):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    comm = None
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample,
+        if args.command == "train":
+            from .parallel import launched_by_mpi, world
+            comm = world(args.mpi_timeout) if launched_by_mpi() else None
+            return cmd_train(args, comm)
+        return {"eval": cmd_eval, "sample": cmd_sample,
                 "traverse": cmd_traverse}[args.command](args)
     except MinivaeError as e:
-        print(f"minivae: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(comm, str(e), 2, everywhere=getattr(e, "collective", False))
     except KeyboardInterrupt:
-        print("minivae: interrupted", file=sys.stderr)
-        return 130
+        return _fail(comm, "interrupted", 130, prefix="minivae: ")
     except MemoryError:
-        print("minivae: error: not enough memory for these sizes; choose smaller ones (--hidden, "
-              "--latent-dim, --k, --batch-size, --valid-size)", file=sys.stderr)
-        return 2
+        return _fail(comm, "not enough memory for these sizes; choose smaller ones (--hidden, "
+                     "--latent-dim, --k, --batch-size, --valid-size)", 2)
     except OSError as e:           # a disk or folder problem outside the checkpoint writer
-        print(f"minivae: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return _fail(comm, f"{e.filename or ''}: {e.strerror or e}", 2)
+    except Exception as e:         # a bug: under mpiexec the other ranks must not wait for us
+        if comm is None or comm.size == 1:
+            raise
+        import traceback
+        traceback.print_exc()
+        return _fail(comm, f"{type(e).__name__}: {e}", 1)
+
+
+def _fail(comm, message, code, everywhere=False, prefix="minivae: error: "):
+    """Print the one-line error; under mpiexec end the whole job (the other ranks would wait in
+    their next collective), unless every rank raised the same error (printed by rank 0)."""
+    if comm is None or comm.size == 1:
+        print(f"{prefix}{message}", file=sys.stderr)
+        return code
+    if everywhere:
+        if comm.root:
+            print(f"{prefix}{message}", file=sys.stderr)
+        return code
+    rank = "" if message.startswith("rank ") else f"rank {comm.rank}: "
+    print(f"{prefix}{rank}{message}; ending all {comm.size} ranks", file=sys.stderr, flush=True)
+    comm.abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 from .errors import MinivaeError
 
 MAX_ELEMENTS = 2 ** 31              # parameters in one buffer (8 GiB of float32)
+GRAD_TAIL = 4                       # slots after the gradient in reduce_buffer
 
 
 class ParamBuffer:
@@ -36,7 +37,10 @@ class ParamBuffer:
                                "not enough memory for these sizes: choose smaller ones")
         try:
             self.data = xp.zeros(total, dtype=dtype)
-            self.grad = xp.zeros(total, dtype=dtype)
+            # the gradient and 4 slots after it, so that a data-parallel step reduces the
+            # gradient and its batch sums in one collective (parallel.py)
+            self.reduce_buffer = xp.zeros(total + GRAD_TAIL, dtype=dtype)
+            self.grad = self.reduce_buffer[:total]
         except (MemoryError, ValueError):
             raise MinivaeError(f"{self._too_big()} do not fit in memory (twice, with their "
                                "gradients): choose smaller sizes") from None

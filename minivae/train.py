@@ -25,6 +25,7 @@ last good one.  ``on_nonfinite='skip'`` needs the answer before the update, so i
 step, as the CPU path always does.  The library core prints nothing: progress goes through the
 ``log`` callback and an optional tqdm bar.
 """
+import contextlib
 import json
 import math
 import os
@@ -177,8 +178,10 @@ class Trainer:
     finite, and when the optimiser's state is not (see save).
     """
 
+    writer, par = True, None      # this process writes the run directory; no data parallelism
+
     def __init__(self, model, data, config, run_dir, log=print, progress=False,
-                 dataset_args=None):
+                 dataset_args=None, comm=None):
         if not isinstance(config, TrainConfig):
             raise MinivaeError(f"config must be a TrainConfig, got {type(config).__name__}")
         if not isinstance(model, VAE):
@@ -188,6 +191,14 @@ class Trainer:
         self.model, self.data, self.cfg = model, data, config.check()
         self.dataset_args = dict(dataset_args or {})   # how to load the data again on resume
         self.run_dir, self.log, self.progress = run_dir, log, progress
+        # data parallelism over MPI (parallel.py): comm a parallel.Comm; rank 0 alone writes
+        self.par = None
+        if comm is not None:
+            from .parallel import DataParallel
+            self.par = DataParallel(comm, model, config)
+        self.writer = comm is None or comm.root
+        if not self.writer:
+            self.log, self.progress = (lambda msg: None), False
         self.opt = make_optimizer(config.optimizer, model.buffer, config.lr)
         self.data_rng = np.random.default_rng([config.seed, 1])
         self.noise_rng = make_rng([config.seed, 2], model.xp)
@@ -259,7 +270,8 @@ class Trainer:
         return lambda: self._write(path, meta, arrays, extra)
 
     def _write(self, path, meta, arrays, extra):
-        checkpoint.save(path, self.model.buffer.data, meta, arrays, extra)
+        if self.writer:                       # data-parallel: rank 0 writes the one checkpoint
+            checkpoint.save(path, self.model.buffer.data, meta, arrays, extra)
         self._saved_at = (self.epoch, self.step)
 
     def _log_and_save(self, row):
@@ -318,7 +330,7 @@ class Trainer:
             self._seconds = float(tot["seconds"])
         self._restored = True
         self._saved_at = (epoch, step)
-        with rundir.lock(self.run_dir, self.log):
+        with self._lock():
             self._trim_metrics()
 
     def _restore_generators(self, meta):
@@ -355,6 +367,8 @@ class Trainer:
     def _trim_metrics(self):
         """Drop metric rows written after the checkpoint (a crash between the two writes)."""
         path = os.path.join(self.run_dir, METRICS)
+        if not self.writer:                   # data-parallel: rank 0 owns the files
+            return
         rows, torn = _read_metrics(path)
         keep = [r for r in rows if r["epoch"] <= self.epoch]
         if len(keep) != len(rows) or torn:
@@ -363,6 +377,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- metrics
     def _append_metrics(self, row):
+        if not self.writer:
+            return
         path = os.path.join(self.run_dir, METRICS)
         try:
             with open(path, "a") as f:
@@ -386,8 +402,9 @@ class Trainer:
                        if isinstance(self.noise_rng, Philox) else np.random.default_rng(
                            [self.cfg.seed, 3]))
                 xd = self._on_device(split)
-                out[split] = evaluate(self.model, x if xd is None else xd, rng,
-                                      self.cfg.eval_batch)
+                ev = (self.par.evaluate if self.par is not None else
+                      lambda *a: evaluate(self.model, *a))
+                out[split] = ev(x if xd is None else xd, rng, self.cfg.eval_batch)
         return out
 
     def _row(self, epoch, train, seconds):
@@ -412,7 +429,8 @@ class Trainer:
         self._stop_signal = signum
 
     def _interrupted(self):
-        name = signal.Signals(self._stop_signal).name
+        name = ("a signal to another rank" if self._stop_signal == "remote" else
+                signal.Signals(self._stop_signal).name)
         return Interrupted(f"stopped by {name} at epoch {self.epoch + 1} step {self.step}; "
                            f"checkpoint saved in {self.run_dir}")
 
@@ -424,8 +442,12 @@ class Trainer:
         non-finite loss or gradient (cfg.on_nonfinite 'stop'; the last good checkpoint kept).
         Holds the run directory's lock throughout (rundir.RunDirBusy if another process has it).
         """
-        with rundir.lock(self.run_dir, self.log):
+        with self._lock():
             return self._fit()
+
+    def _lock(self):
+        """The run directory's lock; under data parallelism rank 0 alone holds it."""
+        return rundir.lock(self.run_dir, self.log) if self.writer else contextlib.nullcontext()
 
     def _fit(self):
         self.cfg.check()
@@ -434,6 +456,8 @@ class Trainer:
         if threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
+            if self.par is not None:
+                self.par.start(self)
             if self.epoch == 0 and self.step == 0 and self.perm is None and not self._restored:
                 rows.append(self._row(0, None, 0.0))
                 self.log(_describe(rows[-1]))
@@ -472,15 +496,28 @@ class Trainer:
             bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}",
                        leave=False, unit="step", dynamic_ncols=True)
         batches = _Batches(self, dynamic)
-        device = xp is not np and cfg.on_nonfinite == "stop"   # no host reads inside a step
+        # no host reads inside a step (the data-parallel step reduces on the host)
+        device = xp is not np and cfg.on_nonfinite == "stop" and self.par is None
         pending = _Pending(xp) if device else None
         try:
             while self.step < steps:
                 idx = self.perm[self.step * bs:(self.step + 1) * bs]
                 xb, eps = batches.next(self.step * bs, len(idx))
-                terms = model.forward_backward(xb, eps, **schedules.objective_args(
-                    cfg, model.beta, self.global_step))
-                if device:
+                kwargs = schedules.objective_args(cfg, model.beta, self.global_step)
+                stop = None                       # data-parallel: the ranks' agreed decision
+                if self.par is not None:
+                    self.par.comm.where = (f"epoch {self.epoch + 1} step {self.step + 1}, "
+                                           f"global step {self.global_step + 1}")
+                    terms, stop = self.par.step(xb, eps, kwargs,
+                                                lambda: self._stop_signal is not None)
+                    self._host_step(len(idx), terms)
+                    if stop and self._stop_signal is None:
+                        self._stop_signal = "remote"
+                else:
+                    terms = model.forward_backward(xb, eps, **kwargs)
+                if self.par is not None:
+                    pass
+                elif device:
                     pending.add(len(idx), terms, model.buffer.grad)
                     if cfg.clip > 0:
                         clip_grad_norm(model.buffer.grad, cfg.clip, sync=False)
@@ -489,14 +526,16 @@ class Trainer:
                     self._host_step(len(idx), terms)
                 self.step += 1
                 self.global_step += 1
-                last = self.step == steps or self._stop_signal is not None
+                # a signal that reached this rank after the step's all-reduce waits for the next
+                stopping = self._stop_signal is not None if stop is None else stop
+                last = self.step == steps or stopping
                 if device and (last or pending.steps >= cfg.sync_every):
                     self._settle(pending)
                 if bar is not None:
                     bar.update(1)
                     if self.step % 20 == 0 and self._n_done:    # the epoch's running mean
                         bar.set_postfix(loss=f"{self._sums[0] / self._n_done:.2f}")
-                if self._stop_signal is not None:
+                if stopping:
                     self._seconds = time.perf_counter() - t0
                     self.save()
                     raise self._interrupted()
