@@ -1,4 +1,4 @@
-"""The command line: ``minivae train | eval | sample``.
+"""The command line: ``minivae train | eval | sample | sweep``.
 
 Bad input ends with one line on stderr (``minivae: error: ...``) and exit status 2, never a
 traceback.  An existing run directory is never overwritten: a new run needs a new ``--out``, and
@@ -243,6 +243,19 @@ def build_parser():
     e.add_argument("--no-progress", action="store_true",
                    help="no progress bar (there is none anyway when stderr is not a terminal)")
 
+    w = sub.add_parser("sweep", help="independent runs over beta x seed (spread over the ranks "
+                       "under mpiexec), with a summary table and figure",
+                       description="Train one run per (beta, seed), each its own run directory "
+                       "OUT/beta<b>-seed<s>, spread over the ranks of an MPI job (mpiexec -n R "
+                       "minivae sweep ...) or one after another; rerunning the command continues "
+                       "the sweep.  Then OUT/summary.md, summary.json and summary.png.  Example: "
+                       "minivae sweep --beta 1,2,4,8 --seeds 0,1,2 --out runs/sweep -- --epochs 10")
+    w.add_argument("--beta", required=True, help="comma-separated KL weights, e.g. 1,2,4,8")
+    w.add_argument("--seeds", required=True, help="comma-separated seeds, e.g. 0,1,2")
+    w.add_argument("--out", required=True, help="the sweep's folder (created; reused to continue)")
+    w.add_argument("train_options", nargs=argparse.REMAINDER,
+                   help="after --: the options of minivae train for every run (not --beta, "
+                   "--seed, --out)")
     s = sub.add_parser("sample", help="a PNG grid of samples from the prior",
                        formatter_class=_Help)
     s.add_argument("run", help="run directory or checkpoint .npz")
@@ -776,9 +789,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     comm = None
     try:
-        if args.command == "train":
+        if args.command in ("train", "sweep"):
             from .parallel import launched_by_mpi, world
-            comm = world(args.mpi_timeout) if launched_by_mpi() else None
+            comm = world(getattr(args, "mpi_timeout", None)) if launched_by_mpi() else None
+            if args.command == "sweep":
+                from .sweep import cmd_sweep
+                return cmd_sweep(args, comm)
             return cmd_train(args, comm)
         return {"eval": cmd_eval, "sample": cmd_sample,
                 "traverse": cmd_traverse}[args.command](args)

@@ -53,6 +53,7 @@ NCCL on GPUs (designed, not testable without a GPU): see docs/parallel.md.
 """
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -196,6 +197,16 @@ class Comm:
         if differ:
             raise CollectiveError(f"{what} on rank(s) {', '.join(map(str, differ))} differ from rank "
                                "0's; launch every rank with the same command and data")
+
+    def barrier(self, what):
+        """Wait for every rank, without a deadline (a sweep's ranks finish their runs at
+        different times; a rank that dies is reported by mpiexec)."""
+        if self.size > 1:
+            timeout, self.timeout = self.timeout, math.inf
+            try:
+                self._wait(self.comm.Ibarrier(), what)
+            finally:
+                self.timeout = timeout
 
     def abort(self, code):
         self.comm.Abort(code)

@@ -13,6 +13,8 @@ writes what the test compares into OUT:
            interrupted run is copied to OUT/at-stop, then resumed on R = 2 to the end
   error    rank 1 raises an error in global step 5; hang: rank 1 sleeps in step 5 (timeout 3 s);
   die      rank 1 exits at once in step 5
+  sweep    minivae sweep over beta 1,4 x seeds 0,1 into OUT/sweep; OUT/sweep<r>.json: the files
+           rank r wrote
 """
 import json
 import os
@@ -31,6 +33,11 @@ from minivae.data import Dataset, make_shapes  # noqa: E402
 
 ARGV = ["train", "--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--batch-size", "32",
         "--no-progress", "--binarize", "dynamic", "--valid-size", "0"]
+
+
+SWEEP = ["sweep", "--beta", "1,4", "--seeds", "0,1"]
+SWEEP_TRAIN = ["--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--batch-size", "64",
+               "--binarize", "dynamic", "--valid-size", "0"]
 
 
 def small_data():
@@ -120,6 +127,12 @@ def main():
             shutil.copytree(run, os.path.join(out, "at-stop"))
         MPI.COMM_WORLD.Barrier()
         return cli.main(["train", "--resume", run, "--no-progress"])
+    if scenario == "sweep":
+        rc = cli.main(SWEEP + ["--out", os.path.join(out, "sweep"), "--"] + SWEEP_TRAIN)
+        mine = [w for w in writes if w.startswith(os.path.abspath(out))]
+        with open(os.path.join(out, f"sweep{RANK}.json"), "w") as f:
+            json.dump({"rc": rc, "writes": mine}, f)
+        return rc
     timeout = []
     if scenario == "error":
         def fail():

@@ -197,3 +197,34 @@ def test_a_failing_rank_ends_the_job(tmp_path, scenario, message):
         assert message in p.stderr, p.stderr[-2000:]
     _, _, meta = params(tmp_path / "run")     # the last checkpoint is whole: end of epoch 0
     assert (meta["epoch"], meta["step"]) == (0, 0)
+
+
+def test_sweep_spreads_runs_over_ranks(tmp_path):
+    p, _ = mpirun("sweep", tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    w = [json.load(open(tmp_path / f"sweep{k}.json")) for k in (0, 1)]
+    dirs = [{os.path.relpath(f, tmp_path / "sweep").split(os.sep)[0] for f in r["writes"]}
+            - {n for n in map(os.path.basename, r["writes"]) if n.startswith(".tmp-")}
+            for r in w]                             # (atomic writes' temporaries left out)
+    # run i of the grid (beta-major) on rank i mod 2; rank 0 alone writes the summary
+    assert dirs[0] == {"beta1-seed0", "beta4-seed0", "summary.json", "summary.md",
+                       "summary.png"}
+    assert dirs[1] == {"beta1-seed1", "beta4-seed1"}
+    rows = json.load(open(tmp_path / "sweep" / "summary.json"))
+    assert [r["beta"] for r in rows] == [1.0, 4.0]
+    for r in rows:                       # the summary's numbers are the runs' own
+        v = []
+        for seed in (0, 1):
+            last = read_metrics(tmp_path / "sweep" / f"beta{r['beta']:g}-seed{seed}")[-1]
+            assert last["epoch"] == 1 and r["runs"][str(seed)]["elbo"] == last["test_elbo"]
+            v.append(last["test_elbo"])
+        assert r["elbo"]["mean"] == pytest.approx(np.mean(v), rel=1e-12)
+        assert r["elbo"]["sd"] == pytest.approx(np.std(v, ddof=1), rel=1e-12) and v[0] != v[1]
+    assert "over 2 seeds" in open(tmp_path / "sweep" / "summary.md").read()
+    # a run of the sweep is the run trained alone
+    assert cli.main(["train", *mpi_job.SWEEP_TRAIN, "--beta", "4", "--seed", "1", "--out",
+                     str(tmp_path / "alone"), "--no-progress"]) == 0
+    a, _, _ = params(tmp_path / "sweep" / "beta4-seed1")
+    b, _, _ = params(tmp_path / "alone")
+    assert np.array_equal(a, b)
+    assert rows[1]["runs"]["1"]["elbo"] == read_metrics(tmp_path / "alone")[-1]["test_elbo"]
