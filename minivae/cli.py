@@ -827,6 +827,11 @@ def _fail(comm, message, code, everywhere=False, prefix="minivae: error: "):
         return code
     rank = "" if message.startswith("rank ") else f"rank {comm.rank}: "
     print(f"{prefix}{rank}{message}; ending all {comm.size} ranks", file=sys.stderr, flush=True)
+    # MPI_Abort makes mpiexec kill every process at once; its forwarder can drop what a rank
+    # printed just before (seen in CI under load: the job ended without this line).  Give it a
+    # moment to pass the line on: the job is ending anyway.
+    import time
+    time.sleep(0.5)
     comm.abort(code)
     return code
 
