@@ -288,6 +288,16 @@ def _ctype(t, T):
     return T if t == "T" else _CTYPE[t]
 
 
+def _input_loads(params, T, index):
+    """(C parameters, loads) for the inputs: each read by value at element `index`, as CuPy does."""
+    args, loads = [], []
+    for t, n in params:
+        c = _ctype(t, T)
+        args.append(f"const {c}* _raw_{n}")
+        loads.append(f"const {c} {n} = _raw_{n}[{index}];")
+    return args, loads
+
+
 _BUILD = os.path.join(tempfile.gettempdir(), f"minivae-fakecupy-{os.getuid()}")
 _LIBS = {}
 
@@ -341,11 +351,7 @@ class ElementwiseKernel:
 
     def source(self, T, device=False):
         """The kernel as CuPy would wrap it: inputs by value, outputs by reference, index i."""
-        args, loads = [], []
-        for t, n in self.in_params:
-            c = _ctype(t, T)
-            args.append(f"const {c}* _raw_{n}")
-            loads.append(f"const {c} {n} = _raw_{n}[i];")
+        args, loads = _input_loads(self.in_params, T, "i")
         for t, n in self.out_params:
             c = _ctype(t, T)
             args.append(f"{c}* _raw_{n}")
@@ -409,11 +415,7 @@ class ReductionKernel:
         KERNELS.append(self)
 
     def source(self, T, device=False):
-        args, loads = [], []
-        for t, n in self.in_params:
-            c = _ctype(t, T)
-            args.append(f"const {c}* _raw_{n}")
-            loads.append(f"const {c} {n} = _raw_{n}[_j];")
+        args, loads = _input_loads(self.in_params, T, "_j")
         (ot, on), = self.out_params
         oc = _ctype(ot, T)
         rt = self.reduce_type or oc
