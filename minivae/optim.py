@@ -49,8 +49,10 @@ def clip_grad_norm(grad, max_norm, sq_norm=None, sync=True):
         raise MinivaeError(f"max_norm must be a finite number >= 0, got {max_norm!r}")
     xp = get_array_module(grad)
     if not sync:
-        sq = xp.dot(grad.astype(np.float64), grad.astype(np.float64)) if sq_norm is None \
-            else sq_norm
+        if sq_norm is None:
+            g64 = grad.astype(np.float64)        # one float64 copy, not one per operand
+            sq_norm = xp.dot(g64, g64)
+        sq = sq_norm
         norm = xp.sqrt(sq)
         grad *= xp.where(norm > m, m / norm, 1.0).astype(grad.dtype)
         return norm
