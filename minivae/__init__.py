@@ -5,11 +5,14 @@
     >>> x = (np.random.default_rng(0).random((8, 784)) < 0.5).astype(np.float32)
     >>> loss, grads = model.loss_and_grads(x, rng=np.random.default_rng(1))
 
-Modules, one purpose each: backend (numpy | cupy, dtypes, generators), params (one flat buffer),
-layers, distributions, likelihoods, objectives (ELBO, IWAE), model (VAE), optim, gradcheck,
-likelihood (importance-sampled log p(x)), linear_gaussian (exact ground truth), estimators
-(score function vs reparameterisation), kernels (fused CPU/GPU kernels beside their reference),
-data, train, checkpoint, plots, cli.
+Modules, one purpose each (the README's layout lists them in dependency order): backend
+(numpy | cupy, dtypes, generators), distributions (the formulas), kernels (fused CPU/GPU kernels
+beside their reference), params (one flat buffer), layers, conv, decoders (p(x|z)), estimators
+(score function vs reparameterisation), objectives (ELBO, capacity, IWAE), model (VAE), discrete,
+optim, gradcheck, linear_gaussian (exact ground truth), evaluation (held-out ELBO,
+importance-sampled log p(x)), data, metrics (disentanglement), schedules, config (TrainConfig),
+checkpoint, rundir (the run directory's files and lock), train (the loop), parallel, plots, sweep,
+cli.
 
 Importing minivae compiles nothing and never imports CuPy.
 """

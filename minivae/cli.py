@@ -419,7 +419,8 @@ def cmd_train(args, comm=None):
 
 
 def _cmd_train(args, held, comm=None):
-    from .train import TrainConfig, Trainer, check_dataset, load_run, read_metrics
+    from .train import TrainConfig, Trainer, check_dataset
+    from .rundir import load_run, read_metrics
 
     root = comm is None or comm.root
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if root else (lambda msg: None)
@@ -525,7 +526,7 @@ def _cmd_train(args, held, comm=None):
         if _discrete(model):
             summary.update(_discrete_summary(model, data, args.iwae, args.iwae_n, args.seed))
         else:
-            from .likelihood import active_units
+            from .evaluation import active_units
             summary["active_units"] = active_units(
                 model, data.test if data.test is not None else data.valid)[0]
     if args.iwae and not _discrete(model):
@@ -588,7 +589,7 @@ def _discrete_summary(model, data, k, n, seed):
 
 def _iwae_summary(model, data, k, n, seed, progress):
     from .backend import make_rng
-    from .likelihood import importance_log_likelihood
+    from .evaluation import importance_log_likelihood
     x = data.test if data.test is not None else data.valid
     x = x[:n] if n else x
     t0 = time.perf_counter()
@@ -618,7 +619,7 @@ def _figures(model, data, rows, run_dir):
 # ------------------------------------------------------------------------------------ eval
 def cmd_eval(args):
     from .backend import make_rng
-    from .train import evaluate
+    from .evaluation import evaluate
     model, meta, _, _ = _load_for_device(args.run, args.device)
     data = _reload_data(meta, args.data_dir, args.dataset, args.test)
     x = getattr(data, args.split)
@@ -639,7 +640,7 @@ def cmd_eval(args):
         res.update({"exact": ev["exact"], "elbo_exact" if ev["exact"] else "elbo_is": ev["elbo"],
                     "logpx": round(ev["logpx"], 4), "eval_s": round(time.perf_counter() - t0, 2)})
     elif args.iwae:
-        from .likelihood import importance_log_likelihood
+        from .evaluation import importance_log_likelihood
         t0 = time.perf_counter()
         ll = importance_log_likelihood(model, x, args.iwae, make_rng([args.seed, 4], model.xp),
                                        rows=args.rows, progress=_progress(args))
@@ -655,7 +656,7 @@ def cmd_eval(args):
         print(json.dumps(res))
     else:
         print(f"{args.split} ({_plural(len(x), 'image')}): ELBO {res['elbo']:.3f} nats per "
-              f"example (reconstruction {-res['rec']:.3f}, KL {res['kl']:.3f})")
+              f"example (distortion {res['distortion']:.3f}, KL {res['kl']:.3f})")
         if "elbo_bits_per_dim" in res:
             print(f"  on the 8-bit scale (- D log 256, D = {model.data_dim}): ELBO "
                   f"{res['elbo_8bit']:.3f} nats, {res['elbo_bits_per_dim']:.4f} bits/dim")
@@ -688,9 +689,9 @@ def _plural(n, word):
 
 def _eight_bit_terms(model, x, res):
     """For a continuous (Gaussian) decoder on data in [0, 1]: the ELBO and log p(x) converted to
-    the 8-bit scale and to bits per dimension (minivae.likelihood.eight_bit)."""
+    the 8-bit scale and to bits per dimension (minivae.evaluation.eight_bit)."""
     import numpy as np
-    from .likelihood import eight_bit
+    from .evaluation import eight_bit
     if getattr(model.likelihood, "name", None) != "gaussian":
         return {}
     x = np.asarray(x)
@@ -728,7 +729,7 @@ def _record_eval(run, res):
 
 
 def _load_for_device(run, device):
-    from .train import load_run
+    from .rundir import load_run
     return load_run(run, device)
 
 

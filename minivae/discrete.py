@@ -39,9 +39,10 @@ from .params import ParamBuffer
 ESTIMATORS = ("score", "relaxed")
 MAX_ENUMERATE = 16          # 2^16 states: exact evaluation; above, importance sampling
 
-Exact = namedtuple("Exact", "elbo logpx rec kl")
+Exact = namedtuple("Exact", "elbo logpx distortion kl")
 Exact.__doc__ = """Per-example exact values (B,) as float64 host arrays: the ELBO, log p(x)
-(a sum over all 2^K states), rec = E_q[log p(x|z)] and kl = KL(q(z|x) || p(z))."""
+(a sum over all 2^K states), distortion = -E_q[log p(x|z)] and kl = KL(q(z|x) || p(z));
+elbo = -(distortion + kl)."""
 
 
 # ----------------------------------------------------------------------------- the pieces
@@ -132,8 +133,8 @@ def score_loss(model, x, eps, baseline="none"):
     dl = xp.sum(((signal - base) * dt(-1.0 / (S * B)))[..., None] * score, axis=0)
     dl += bernoulli_kl_grad(logits) * dt(1.0 / B)
     enc.backward(dl)
-    rec, kl_mean = xp.mean(nll), xp.mean(kl)
-    return Terms(rec + kl_mean, rec, kl_mean)
+    distortion, kl_mean = xp.mean(nll), xp.mean(kl)
+    return Terms(distortion + kl_mean, distortion, kl_mean)
 
 
 def relaxed_loss(model, x, eps, tau):
@@ -163,8 +164,8 @@ def relaxed_loss(model, x, eps, tau):
     dl = xp.sum(dy * dy_dl, axis=0)
     dl += bernoulli_kl_grad(logits) * dt(1.0 / B)
     enc.backward(dl)
-    rec, kl_mean = xp.mean(nll), xp.mean(kl)
-    return Terms(rec + kl_mean, rec, kl_mean)
+    distortion, kl_mean = xp.mean(nll), xp.mean(kl)
+    return Terms(distortion + kl_mean, distortion, kl_mean)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -253,16 +254,16 @@ class DiscreteVAE(VAE):
         return float(self.xp.mean(self.likelihood.nll(out, x)) + self.xp.mean(bernoulli_kl(logits)))
 
     def elbo(self, x, eps=None, rng=None, samples=None):
-        """Per-example terms (B,) of the *discrete* ELBO: rec by S hard samples, KL exact."""
+        """Per-example terms (B,) of the *discrete* ELBO: distortion by S hard samples, KL exact."""
         x = self.check_data(x)
         eps = self._noise(x.shape[0], eps, rng, samples)
         S, B, K = eps.shape
         logits = self.encoder.forward(x)
         z = hard_sample(logits, eps)
         out = self.decoder.forward(z.reshape(S * B, K)).reshape(S, B, -1)
-        rec = -self.likelihood.nll(out, x).mean(axis=0)
+        distortion = self.likelihood.nll(out, x).mean(axis=0)
         kl = bernoulli_kl(logits)
-        return ELBO(rec - kl, rec, kl)
+        return ELBO(-(distortion + kl), distortion, kl)
 
     def reconstruct(self, x):
         """The mean of p(x|z) at the mode of q(z|x), z = 1[l > 0]."""
@@ -280,12 +281,12 @@ class DiscreteVAE(VAE):
 
     # ------------------------------------------------------------------ exact evaluation
     def exact(self, x, chunk=4096):
-        """Exact per-example ELBO, log p(x), rec and KL (float64 host arrays (B,)) by summing over
+        """Exact per-example ELBO, log p(x), distortion and KL (float64 host arrays (B,)) by summing over
         all 2^K states, K <= MAX_ENUMERATE:
             log q(z_c|x_b)  = z_c . l_b - sum_k softplus(l_bk)          (B, C) one GEMM
             log p(x_b|z_c)  = x_b . L_c - sum_d softplus(L_cd)          (B, C) one GEMM,
                               L_c the decoder's logits at state c
-            rec_b   = sum_c q(z_c|x_b) log p(x_b|z_c),  ELBO_b = rec_b - KL_b
+            distortion_b = -sum_c q(z_c|x_b) log p(x_b|z_c),  ELBO_b = -(distortion_b + KL_b)
             log p(x_b) = logsumexp_c [log p(x_b|z_c)] - K log 2
         States go through the decoder `chunk` at a time (memory: chunk * max(D, H) numbers)."""
         K = self.latent_dim
@@ -298,7 +299,7 @@ class DiscreteVAE(VAE):
         sp_l = xp.sum(dist.softplus(logits), axis=1).astype(np.float64)
         kl = to_host(bernoulli_kl(logits)).astype(np.float64)
         B = len(x)
-        rec = xp.zeros(B, np.float64)
+        log_px_z = xp.zeros(B, np.float64)       # E_q log p(x|z) = -distortion
         m = xp.full(B, -np.inf, np.float64)
         s = xp.zeros(B, np.float64)
         states = to_device(all_states(K, self.dtype), xp)
@@ -308,13 +309,13 @@ class DiscreteVAE(VAE):
             logpx_z = (x @ L.T).astype(np.float64) - xp.sum(dist.softplus(L), axis=1).astype(
                 np.float64)                                                     # (B, C)
             logq = (logits @ zc.T).astype(np.float64) - sp_l[:, None]           # (B, C)
-            rec += xp.sum(xp.exp(logq) * logpx_z, axis=1)
+            log_px_z += xp.sum(xp.exp(logq) * logpx_z, axis=1)
             m_new = xp.maximum(m, logpx_z.max(axis=1))
             s = s * xp.exp(m - m_new) + xp.exp(logpx_z - m_new[:, None]).sum(axis=1)
             m = m_new
-        rec = to_host(rec)
+        distortion = -to_host(log_px_z)
         logpx = to_host(xp.log(s) + m) - K * math.log(2.0)
-        return Exact(rec - kl, logpx, rec, kl)
+        return Exact(-(distortion + kl), logpx, distortion, kl)
 
     def evaluate(self, x, rng, samples=1000, rows=10000):
         """{elbo, logpx, exact, ...} means over x (N, D): exact by enumeration when K <= 16,

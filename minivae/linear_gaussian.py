@@ -29,7 +29,7 @@ Which function supports which step of the derivation (claims of issue 3):
     C6  ``elbo(x, q) = log_marginal(x) - kl_to_posterior(x, q)`` exactly; ``fit_diagonal_q`` /
         ``optimal_diagonal_q`` is the "fitted encoder": a diagonal q cannot remove the KL
         1/2 (sum_j log M_jj - log det M) > 0 when M is not diagonal.
-    C7  ``elbo_terms(x, q) -> (E_q[log p(x|z)], KL(q || p(z)))``, elbo = first - second.
+    C7  ``distortion_and_kl(x, q) -> (-E_q[log p(x|z)], KL(q || p(z)))``, elbo = -(sum).
     C8  ``optimal_diagonal_q(x, beta)``: maximiser of E_q[log p(x|z)] - beta KL(q || p(z)); the
         rate KL falls and the distortion -E_q[log p(x|z)] rises as beta grows (exactly).
 
@@ -376,8 +376,9 @@ class LinearGaussian:
                                f"got {q.mean.shape}")
         return q
 
-    def elbo_terms(self, x, q, q_logvar=None):
-        """(E_q[log p(x|z)], KL(q || p(z))), both (B,), for a Gaussian q = N(mu, Sigma)   (C7).
+    def distortion_and_kl(self, x, q, q_logvar=None):
+        """(distortion -E_q[log p(x|z)], KL(q || p(z))), both (B,), for a Gaussian q = N(mu, Sigma)
+        (C7); the ELBO is -(distortion + KL).
 
         With z = mu + delta, E[delta] = 0, Cov[delta] = Sigma, and r = x - b:
             E_q |r - W z|^2 = |r - W mu|^2 + E[delta^T W^T W delta] = |r - W mu|^2 + tr(G Sigma)
@@ -389,16 +390,17 @@ class LinearGaussian:
         x = self._x(x)
         q = self._q(x, q, q_logvar)
         e = x - self.b - q.mean @ self.W.T
-        rec = -0.5 * (self.D * (LOG_2PI + 2.0 * math.log(self.sigma))
-                      + ((e * e).sum(axis=1) + q.trace_with(self.G)) / self.sigma ** 2)
+        distortion = 0.5 * (self.D * (LOG_2PI + 2.0 * math.log(self.sigma))
+                            + ((e * e).sum(axis=1) + q.trace_with(self.G)) / self.sigma ** 2)
         kl = 0.5 * (q.trace_with(np.eye(self.Z)) + (q.mean ** 2).sum(axis=1) - self.Z - q.logdet())
-        return rec, kl
+        return distortion, kl
 
     def elbo(self, x, q, q_logvar=None):
         """Exact ELBO(q) = E_q[log p(x|z)] - KL(q || p(z)) = E_q[log p(x, z) - log q(z)], (B,).
-        See ``elbo_terms`` for the formulas; equals ``log_marginal - kl_to_posterior`` (C6)."""
-        rec, kl = self.elbo_terms(x, q, q_logvar)
-        return rec - kl
+        See ``distortion_and_kl`` for the formulas; equals ``log_marginal - kl_to_posterior``
+        (C6)."""
+        distortion, kl = self.distortion_and_kl(x, q, q_logvar)
+        return -(distortion + kl)
 
     def kl_to_posterior(self, x, q, q_logvar=None):
         """Exact KL(q || p(z|x)) for q = N(mu, Sigma), (B,)   (the ELBO gap, C6).

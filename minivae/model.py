@@ -19,12 +19,13 @@ from .backend import array_module, resolve_device, resolve_dtype
 from .conv import ConvArch, Conv2d, ConvTranspose2d
 from .errors import MinivaeError
 from .layers import ACTIVATIONS, build_mlp, FusedMLP, Linear, mlp_shapes
-from .likelihoods import SIGMA_MIN, make_likelihood
+from .decoders import SIGMA_MIN, make_likelihood
 from .params import ParamBuffer
 
-ELBO = namedtuple("ELBO", "elbo rec kl")
-ELBO.__doc__ = """Per-example terms (B,): elbo = rec - kl, rec = E_q[log p(x|z)] (a Monte Carlo
-estimate), kl = KL(q(z|x) || N(0, I)) (closed form)."""
+ELBO = namedtuple("ELBO", "elbo distortion kl")
+ELBO.__doc__ = """Per-example terms (B,), in nats: elbo = -(distortion + kl), distortion =
+-E_q[log p(x|z)] (a Monte Carlo estimate; the same sign as objectives.Terms.distortion and the
+metrics' *_distortion), kl = KL(q(z|x) || N(0, I)) (closed form)."""
 
 
 ESTIMATORS = ("reparam", "score")
@@ -87,7 +88,7 @@ class VAE:
                   'shared', 'per-dim' (one sigma per pixel for the whole dataset) or 'per-example'
                   (Kingma & Welling's decoder: a mean and a log-variance per example and pixel)
     gaussian_mean   Gaussian only: 'identity' or 'sigmoid' (means in (0, 1), for data in [0, 1])
-    sigma_min     'per-example' only: the floor on sigma (default 1/256; see minivae.likelihoods)
+    sigma_min     'per-example' only: the floor on sigma (default 1/256; see minivae.decoders)
     beta          weight of the KL term (1: the ELBO; > 1: a beta-VAE)
     objective     'elbo' or 'iwae';  samples: S Monte Carlo samples (the K of IWAE)
     estimator     the encoder's gradient: 'reparam' (through z = mu + std eps) or 'score' (the
@@ -342,7 +343,7 @@ class VAE:
             logw, _ = objectives.log_weights(self, x, eps)
             return float(-self.xp.mean(objectives.logmeanexp(logw, axis=0)))
         t = self.elbo(x, eps=eps)
-        return float(self.xp.mean(-t.rec + self.beta * t.kl))
+        return float(self.xp.mean(t.distortion + self.beta * t.kl))
 
     def encode(self, x):
         """(mu, logvar) of q(z|x), each (B, Z)."""
@@ -377,9 +378,9 @@ class VAE:
         mu, logvar = self.encoder_forward(x)
         z, _ = dist.reparameterize(mu, logvar, eps)
         out = self.decoder_forward(z.reshape(S * B, Z)).reshape(S, B, -1)
-        rec = -self.likelihood.nll(out, x).mean(axis=0)
+        distortion = self.likelihood.nll(out, x).mean(axis=0)
         kl = dist.kl_standard_normal(mu, logvar)
-        return ELBO(rec - kl, rec, kl)
+        return ELBO(-(distortion + kl), distortion, kl)
 
     def num_params(self):
         return self.buffer.size

@@ -32,9 +32,10 @@ from .distributions import gaussian_score
 from .errors import MinivaeError
 from .estimators import leave_one_out_mean
 
-Terms = namedtuple("Terms", "loss rec kl")
-Terms.__doc__ = """Batch means, in nats per example: loss (the objective), rec (-E_q log p(x|z),
-the distortion) and kl (KL(q(z|x) || p(z)), the rate)."""
+Terms = namedtuple("Terms", "loss distortion kl")
+Terms.__doc__ = """Batch means, in nats per example: loss (the objective), distortion
+(-E_q log p(x|z) >= 0 for a discrete likelihood) and kl (KL(q(z|x) || p(z)), the rate).
+The ELBO is -(distortion + kl); the beta-ELBO loss distortion + beta kl."""
 
 
 Forward = namedtuple("Forward", "ws enc dec mu logvar z std kl out")
@@ -56,15 +57,15 @@ def _forward(model, x, eps):
 def _reconstruction_backward(model, x, eps):
     """The forward pass, the distortion term's value and its backward down to dz:
         dout = 1/(S B) * d nll / d out,  dz = decoder backward of dout   (S, B, Z).
-    Returns (Forward, rec, dz): rec is the batch mean of -log p(x|z) (a 0-d device array)."""
+    Returns (Forward, distortion, dz): distortion is the batch mean of -log p(x|z) (a 0-d device array)."""
     xp = get_array_module(x)
     S, B, Z = eps.shape
     f = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(f.out, x, 1.0 / (S * B), nll=f.ws.nll,
                                                        grad=f.ws.dout, db=f.dec.out_db)
-    rec = xp.mean(nll)                           # mean over samples and batch
+    distortion = xp.mean(nll)                    # mean over samples and batch
     dz = f.dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
-    return f, rec, dz
+    return f, distortion, dz
 
 
 def elbo_loss(model, x, eps, beta):
@@ -80,13 +81,13 @@ def elbo_loss(model, x, eps, beta):
     GEMMs into preallocated outputs, nothing allocated once a batch size has been seen.
     """
     S, B, Z = eps.shape
-    f, rec, dz = _reconstruction_backward(model, x, eps)
+    f, distortion, dz = _reconstruction_backward(model, x, eps)
     kl_mean = get_array_module(x).mean(f.kl)
-    loss = rec + kl_mean * kl_mean.dtype.type(beta)
+    loss = distortion + kl_mean * kl_mean.dtype.type(beta)
     kernels.reparam_kl_backward(dz, eps, f.std, f.mu, f.logvar, beta / B,
                                 out=(f.ws.dhead[:, :Z], f.ws.dhead[:, Z:]))
     f.enc.backward(f.ws.dhead)
-    return Terms(loss, rec, kl_mean)
+    return Terms(loss, distortion, kl_mean)
 
 
 def capacity_loss(model, x, eps, gamma, capacity):
@@ -116,18 +117,18 @@ def capacity_loss(model, x, eps, gamma, capacity):
     """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    f, rec, dz = _reconstruction_backward(model, x, eps)
+    f, distortion, dz = _reconstruction_backward(model, x, eps)
     t = f.kl.dtype.type
     kl_mean = xp.mean(f.kl)
     gap = kl_mean - t(capacity)
-    loss = rec + t(gamma) * xp.abs(gap)
+    loss = distortion + t(gamma) * xp.abs(gap)
     dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, f.std, f.mu, f.logvar, 0.0,
                                                out=(f.ws.dhead[:, :Z], f.ws.dhead[:, Z:]))
     w = xp.sign(gap) * t(gamma / B)                                  # 0-d, on the device
     dmu += w * f.mu
     dlogvar += (w * t(0.5)) * xp.expm1(f.logvar)
     f.enc.backward(f.ws.dhead)
-    return Terms(loss, rec, kl_mean)
+    return Terms(loss, distortion, kl_mean)
 
 
 BASELINES = ("none", "mean")
@@ -167,7 +168,7 @@ def score_elbo_loss(model, x, eps, beta, baseline="none"):
         dlogvar_b = -1/(S B) sum_s (f_sb - c_sb) (eps_sb^2 - 1) / 2
     The decoder's parameters theta do not shape q, so d/dtheta E_q[log p_theta(x|z)] =
     E_q[d log p_theta(x|z)/dtheta]: the decoder's gradient is elbo_loss's, at the same z.  The
-    loss reported is also elbo_loss's (rec + beta KL, KL in closed form); its mean is -1/(S B)
+    loss reported is also elbo_loss's (distortion + beta KL, KL in closed form); its mean is -1/(S B)
     sum f's.  Same mean gradient as elbo_loss: tests/test_score_estimator.py.
     """
     xp = get_array_module(x)
@@ -176,9 +177,9 @@ def score_elbo_loss(model, x, eps, beta, baseline="none"):
     ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
                                                        grad=ws.dout, db=dec.out_db)
-    rec = xp.mean(nll)
+    distortion = xp.mean(nll)
     kl_mean = xp.mean(kl)
-    loss = rec + kl_mean * dt(beta)
+    loss = distortion + kl_mean * dt(beta)
     dec.backward(dout.reshape(S * B, -1), db_done)       # its dz is not used: no path through z
 
     signal = -nll - dt(0.5 * beta) * xp.sum(z * z - eps * eps - logvar, axis=-1)      # (S, B)
@@ -188,7 +189,7 @@ def score_elbo_loss(model, x, eps, beta, baseline="none"):
     xp.sum(weight * score_mu, axis=0, out=ws.dhead[:, :Z])
     xp.sum(weight * score_logvar, axis=0, out=ws.dhead[:, Z:])
     enc.backward(ws.dhead)
-    return Terms(loss, rec, kl_mean)
+    return Terms(loss, distortion, kl_mean)
 
 
 def log_weights(model, x, eps):

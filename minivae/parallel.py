@@ -17,7 +17,7 @@ Design requirements, in the order the code meets them:
   (Philox: element i of call c is a pure function of (i, c), see philox.py) removes it; see
   docs/parallel.md.
 * **One collective per step.**  Rank r computes the mean gradient g_r of its n_r rows, scales it
-  by n_r / B, and writes n_r * (loss, rec, kl) and a stop flag into the four slots that follow
+  by n_r / B, and writes n_r * (loss, distortion, kl) and a stop flag into the four slots that follow
   the gradient in ``ParamBuffer.reduce_buffer``; one in-place ``Allreduce(SUM)`` of that buffer
   leaves sum_r (n_r / B) g_r = the global batch's mean gradient in ``buffer.grad`` (the array the
   optimiser reads) and the batch's sums in the tail, on every rank.  Every rank then takes the
@@ -35,7 +35,7 @@ Design requirements, in the order the code meets them:
   (tests/test_parallel.py checks it on the first step against per-example gradients).  For
   R > 2 the MPI reduction adds R terms in an order of its choosing: gamma_(B/R + R - 1).
 * **Held-out evaluation split over ranks**: each evaluation batch is the R = 1 batch with the
-  R = 1 noise, rank r evaluates its rows, the float64 sums of rec and KL are all-reduced.
+  R = 1 noise, rank r evaluates its rows, the float64 sums of distortion and KL are all-reduced.
 * **Rank 0 writes** metrics, figures, checkpoints and the log; every rank reads the checkpoint on
   resume (the run directory must be on a shared file system, as it is on a cluster).  Parameters
   and optimiser state are broadcast from rank 0 at the start, and the run's configuration is
@@ -65,7 +65,7 @@ from .backend import to_device, to_host
 from .errors import MinivaeError
 
 DEFAULT_TIMEOUT = 300.0          # seconds any collective may wait for the other ranks
-TAIL = 4                         # n*loss, n*rec, n*kl, stop flag: after the gradient
+TAIL = 4                         # n*loss, n*distortion, n*kl, stop flag: after the gradient
 _LAUNCHER_VARS = ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS",
                   "HYDI_CONTROL_FD")
 
@@ -232,11 +232,11 @@ def digest(arrays):
 
 
 class StepTerms:
-    """The global batch's mean loss, rec and kl after the reduction (host floats)."""
-    __slots__ = ("loss", "rec", "kl")
+    """The global batch's mean loss, distortion and kl after the reduction (host floats)."""
+    __slots__ = ("loss", "distortion", "kl")
 
-    def __init__(self, loss, rec, kl):
-        self.loss, self.rec, self.kl = loss, rec, kl
+    def __init__(self, loss, distortion, kl):
+        self.loss, self.distortion, self.kl = loss, distortion, kl
 
 
 class DataParallel:
@@ -281,18 +281,18 @@ class DataParallel:
             if b - a != n:
                 grad *= dt((b - a) / n)           # sum_r (n_r / B) g_r: the global mean
             k = b - a
-            tail[:3] = (k * float(terms.loss), k * float(terms.rec), k * float(terms.kl))
+            tail[:3] = (k * float(terms.loss), k * float(terms.distortion), k * float(terms.kl))
         else:                                     # fewer rows than ranks: this rank adds 0
             grad[...] = 0
             tail[:3] = 0
         tail[3] = 1.0 if stop() else 0.0
         self.reduce_s += self.comm.allreduce(self.red, "the gradient all-reduce")
-        loss, rec, kl = (float(v) / n for v in tail[:3])
-        return StepTerms(loss, rec, kl), bool(tail[3] > 0)
+        loss, distortion, kl = (float(v) / n for v in tail[:3])
+        return StepTerms(loss, distortion, kl), bool(tail[3] > 0)
 
     def evaluate(self, x, rng, batch, samples=1):
         """evaluate() with the examples split over ranks: the R = 1 batches and noise, each rank
-        its rows, the float64 sums of rec and KL all-reduced."""
+        its rows, the float64 sums of distortion and KL all-reduced."""
         m = self.model
         tot = np.zeros(2, np.float64)
         N, S = len(x), samples
@@ -303,10 +303,11 @@ class DataParallel:
             if b > a:
                 t = m.elbo(to_device(x[i + a:i + b], m.xp, m.dtype),
                            eps=np.ascontiguousarray(eps[:, a:b]))
-                tot[0] -= float(to_host(t.rec).sum(dtype=np.float64))
+                tot[0] += float(to_host(t.distortion).sum(dtype=np.float64))
                 tot[1] += float(to_host(t.kl).sum(dtype=np.float64))
         self.comm.allreduce(tot, "the held-out evaluation's all-reduce")
-        rec, kl = tot / N
-        rec, kl = float(rec), float(kl)
-        return {"loss": rec + m.beta * kl, "rec": rec, "kl": kl, "elbo": -(rec + kl)}
+        distortion, kl = tot / N
+        distortion, kl = float(distortion), float(kl)
+        return {"loss": distortion + m.beta * kl, "distortion": distortion, "kl": kl,
+                "elbo": -(distortion + kl)}
 

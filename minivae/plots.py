@@ -114,16 +114,16 @@ def _linear_limits(ax, points):
 
 
 def save_loss_curves(path, rows, title="training"):
-    """Train and held-out loss, reconstruction and KL against the epoch, in nats per example.
+    """Train and held-out loss, distortion and KL against the epoch, in nats per example.
     Returns {panel key: (y scale, y limits)} (what a test checks)."""
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
     drawn = {}
-    for ax, key, label in zip(axes, ("loss", "rec", "kl"),
+    for ax, key, label in zip(axes, ("loss", "distortion", "kl"),
                               ("loss, nats per example (train: the objective,\n-ELBO or "
                                "-IWAE_K; held-out: beta-weighted -ELBO)",
-                               "reconstruction -E log p(x|z),\nnats per example",
+                               "distortion -E log p(x|z),\nnats per example",
                                "KL(q(z|x) || p(z)), nats per example")):
         points = []
         for split, style in (("train", "-o"), ("valid", "-s"), ("test", "-^")):

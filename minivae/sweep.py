@@ -19,7 +19,7 @@ import sys
 
 from .errors import MinivaeError
 
-SUMMARY_KEYS = ("elbo", "rec", "kl")
+SUMMARY_KEYS = ("elbo", "distortion", "kl")
 
 
 def parse_list(text, kind, name):
@@ -45,7 +45,7 @@ def grid(betas, seeds):
 
 def state_of(run_dir, epochs):
     """'done', 'resume' or 'new' for a run directory of a run of `epochs` epochs."""
-    from .train import CHECKPOINT, read_metrics
+    from .rundir import CHECKPOINT, read_metrics
     if not os.path.isdir(run_dir) or not os.listdir(run_dir):
         return "new"
     rows = read_metrics(run_dir)
@@ -102,8 +102,8 @@ def run_sweep(betas, seeds, out, train_argv, comm=None, log=print):
 
 
 def final_metrics(run_dir):
-    """The held-out (valid, else test) ELBO, rec and KL of a run's last epoch."""
-    from .train import read_metrics
+    """The held-out (valid, else test) ELBO, distortion and KL of a run's last epoch."""
+    from .rundir import read_metrics
     rows = read_metrics(run_dir)
     if not rows:
         raise MinivaeError(f"{run_dir} has no metrics; run the sweep again to finish it")
@@ -143,7 +143,7 @@ def write_summary(rows, out):
     atomic_write(os.path.join(out, "summary.json"),
                  lambda f: f.write(json.dumps(rows, indent=1).encode()))
     split = rows[0]["split"]
-    lines = [f"| beta | {split} ELBO | rec | KL |", "|---|---|---|---|"]
+    lines = [f"| beta | {split} ELBO | distortion | KL |", "|---|---|---|---|"]
     for r in rows:
         cells = [f"{r[k]['mean']:.2f} +- {r[k]['sd']:.2f}" for k in SUMMARY_KEYS]
         lines.append(f"| {r['beta']:g} | " + " | ".join(cells) + " |")
@@ -162,7 +162,7 @@ def save_summary_figure(rows, path):
     betas = [r["beta"] for r in rows]
     log_x = min(betas) > 0 and max(betas) / min(betas) >= 4
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    names = {"elbo": f"{rows[0]['split']} ELBO", "rec": "reconstruction -E log p(x|z)",
+    names = {"elbo": f"{rows[0]['split']} ELBO", "distortion": "distortion -E log p(x|z)",
              "kl": "KL(q(z|x) || p(z))"}
     for ax, k in zip(axes, SUMMARY_KEYS):
         for r in rows:

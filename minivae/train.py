@@ -1,11 +1,7 @@
-"""The training loop: data order, noise, optimiser steps, evaluation, logging and checkpoints.
+"""The training loop: data -> step -> evaluate -> save, epoch after epoch (Trainer._run_epoch).
 
-A run directory holds
-    config.json        the resolved model and training configuration
-    metrics.jsonl      one JSON object per epoch (epoch 0: before training): train and held-out
-                       loss, reconstruction term and KL, wall time
-    checkpoint.npz     the latest checkpoint (atomic; see checkpoint.py)
-    *.png              figures (plots.py)
+The Trainer keeps a run directory up to date; the directory's files, their format and their
+validation are rundir.py's, the held-out evaluation is evaluation.py's.
 
 Randomness: one host generator (``data_rng``, PCG64) orders the data.  A run started on the
 CPU draws the dynamic binarisation from it too and its reparameterisation noise from a second
@@ -32,100 +28,20 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 
 import numpy as np
 
 from . import checkpoint, rundir, schedules
-from .backend import get_array_module, make_rng, resolve_dtype, to_device, to_host
-from .conv import CONV_KEYS, ConvArch
+from .backend import get_array_module, make_rng, to_device, to_host
+from .config import TrainConfig
 from .errors import MinivaeError
-from .layers import mlp_shapes
-from .likelihoods import make_likelihood
+from .evaluation import evaluate
 from .model import VAE
-from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
-from .params import ParamBuffer
+from .optim import clip_grad_norm, make_optimizer
 from .philox import Philox, rng_state
 
-CHECKPOINT = "checkpoint.npz"
-METRICS = "metrics.jsonl"
-
-
-def _is_int(v, lo=0):
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo
-
-
-MAX_COUNT = 2 ** 63 - 1               # bound of the counters a checkpoint or a metric row holds
-
-
-def _is_count(v):
-    return _is_int(v) and v <= MAX_COUNT
-
-
-def _is_real(v):
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-
-LR_SCHEDULES = ("constant", "iwae")
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    seed: int = 0
-    clip: float = 0.0                # max gradient norm; 0 disables clipping
-    on_nonfinite: str = "stop"       # 'stop' or 'skip' the batch
-    drop_last: bool = False
-    eval_batch: int = 1000
-    lr_schedule: str = "constant"    # or 'iwae': lr * 10^(-i/7) for 3^i epochs, i = 0..7
-    warmup_steps: int = 0            # KL warm-up: beta * min(1, step / warmup_steps)
-    capacity: float | None = None    # C_max (nats): the capacity-controlled objective
-    capacity_steps: int = 0          # C = capacity * min(1, step / capacity_steps)
-    gamma: float = 1000.0            # weight of |KL - C| (Burgess et al. 2018 use 1000)
-    sync_every: int = 20             # GPU: read the running sums and finiteness every N steps
-
-    def lr_at(self, epoch):
-        """The learning rate of epoch `epoch` (0-based).  'iwae' is the schedule of Burda et al.
-        (2016): stage i = 0..7 lasts 3^i epochs at lr * 10^(-i/7), 3,280 epochs in all (the
-        last stage's rate continues beyond)."""
-        if self.lr_schedule == "constant":
-            return self.lr
-        i, end = 0, 1
-        while epoch >= end and i < 7:
-            i += 1
-            end += 3 ** i
-        return self.lr * 10 ** (-i / 7)
-
-    def check(self):
-        """self, after checking every field; a bad one raises a one-line MinivaeError."""
-        for name in ("epochs", "batch_size", "eval_batch", "sync_every"):
-            v = getattr(self, name)
-            lo = 0 if name == "epochs" else 1
-            if not _is_int(v, lo):
-                raise MinivaeError(f"{name.replace('_', '-')} must be a "
-                                   f"{'non-negative' if lo == 0 else 'positive'} "
-                                   f"integer, got {v!r}")
-        if not (_is_real(self.lr) and math.isfinite(self.lr) and self.lr > 0):
-            raise MinivaeError(f"lr must be a positive finite number, got {self.lr!r}")
-        if not (_is_real(self.clip) and math.isfinite(self.clip) and self.clip >= 0):
-            raise MinivaeError(f"clip must be a finite number >= 0, got {self.clip!r}")
-        if not isinstance(self.optimizer, str) or self.optimizer not in OPTIMIZERS:
-            raise MinivaeError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, "
-                               f"got {self.optimizer!r}")
-        if not _is_int(self.seed, 0):
-            raise MinivaeError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise MinivaeError(f"lr-schedule must be one of {', '.join(LR_SCHEDULES)}, "
-                               f"got {self.lr_schedule!r}")
-        if self.on_nonfinite not in ("stop", "skip"):
-            raise MinivaeError(f"on-nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}")
-        if not isinstance(self.drop_last, bool):
-            raise MinivaeError(f"drop_last must be True or False, got {self.drop_last!r}")
-        schedules.check(self.warmup_steps, self.capacity, self.capacity_steps, self.gamma)
-        return self
+__all__ = ["TrainConfig", "Trainer", "Diverged", "Interrupted", "check_dataset"]
 
 
 def check_dataset(model, d):
@@ -144,26 +60,6 @@ class Diverged(MinivaeError):
 
 class Interrupted(Exception):
     """Training stopped on SIGINT or SIGTERM after saving a checkpoint."""
-
-
-def evaluate(model, x, rng, batch=1000, samples=1):
-    """Held-out means over x (N, D), in nats per example: loss (-ELBO with the model's beta),
-    rec (-E_q log p(x|z)), kl and elbo.  Noise from rng; batched to bound memory."""
-    if not _is_int(batch, 1):
-        raise MinivaeError(f"batch must be a positive integer, got {batch!r}")
-    if not hasattr(x, "shape") or len(x) < 1:
-        raise MinivaeError(f"x must be an array of at least one example, got "
-                           f"{getattr(x, 'shape', type(x).__name__)}")
-    xp = model.xp
-    tot = xp.zeros(2, dtype=np.float64)   # summed on the device; read back once at the end
-    for i in range(0, len(x), batch):
-        xb = to_device(x[i:i + batch], xp, model.dtype)
-        t = model.elbo(xb, rng=rng, samples=samples)
-        tot[0] += -xp.sum(t.rec)
-        tot[1] += xp.sum(t.kl)
-    n = len(x)
-    rec, kl = (float(v) / n for v in to_host(tot))
-    return {"loss": rec + model.beta * kl, "rec": rec, "kl": kl, "elbo": -(rec + kl)}
 
 
 class Trainer:
@@ -215,7 +111,7 @@ class Trainer:
         schedules.check_model(config, model)
 
     def _reset_epoch_totals(self):
-        # running sums of the epoch's train loss, rec and kl (weighted by batch size), the
+        # running sums of the epoch's train loss, distortion and kl (weighted by batch size), the
         # images they cover, batches skipped and seconds spent: checkpointed mid-epoch so a
         # resumed epoch reports what an uninterrupted one would
         self._sums, self._n_done, self._skipped, self._seconds = np.zeros(3), 0, 0, 0.0
@@ -259,10 +155,10 @@ class Trainer:
                            f"step {self.global_step}), so no checkpoint was written: "
                            f"{_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         extra = {"perm": self.perm} if self.perm is not None else {}
-        path = os.path.join(self.run_dir, CHECKPOINT)
+        path = os.path.join(self.run_dir, rundir.CHECKPOINT)
         meta = self._meta()
         try:
-            _check_loadable(path, json.loads(json.dumps(meta)), self.model.buffer.data,
+            rundir.check_loadable(path, json.loads(json.dumps(meta)), self.model.buffer.data,
                             arrays, extra)
         except (MinivaeError, ValueError) as e:       # ValueError: a NaN json.dumps refuses
             raise MinivaeError(f"the checkpoint {when} would not load back ({e}), so it was not "
@@ -292,7 +188,7 @@ class Trainer:
     def restore(self, meta, opt_arrays, extra):
         """Continue from a checkpoint (as load_run returns it) of a run with this config."""
         where = f"checkpoint of {self.run_dir}"
-        _check_meta(where, meta)
+        rundir.check_meta(where, meta)
         _, opt_scalars = self.opt.state()
         want = set(self.opt.state()[0])
         if set(opt_arrays) != want:
@@ -366,29 +262,13 @@ class Trainer:
 
     def _trim_metrics(self):
         """Drop metric rows written after the checkpoint (a crash between the two writes)."""
-        path = os.path.join(self.run_dir, METRICS)
-        if not self.writer:                   # data-parallel: rank 0 owns the files
-            return
-        rows, torn = _read_metrics(path)
-        keep = [r for r in rows if r["epoch"] <= self.epoch]
-        if len(keep) != len(rows) or torn:
-            text = "".join(json.dumps(r) + "\n" for r in keep).encode()
-            checkpoint.atomic_write(path, lambda f: f.write(text))
+        if self.writer:                       # data-parallel: rank 0 owns the files
+            rundir.trim_metrics(self.run_dir, self.epoch)
 
     # ---------------------------------------------------------------- metrics
     def _append_metrics(self, row):
-        if not self.writer:
-            return
-        path = os.path.join(self.run_dir, METRICS)
-        try:
-            with open(path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-        except OSError as e:
-            raise MinivaeError(f"cannot write {path}: {e.strerror or e}; free some space or "
-                               "fix the folder's permissions (the checkpoint was left as it "
-                               "was)") from None
+        if self.writer:
+            rundir.append_metrics(self.run_dir, row)
 
     def heldout(self):
         """{split: evaluate(...)} on the held-out splits, with fixed noise (repeatable)."""
@@ -477,8 +357,38 @@ class Trainer:
         return N // bs if self.cfg.drop_last else -(-N // bs)
 
     def _run_epoch(self):
-        model, cfg, data, xp = self.model, self.cfg, self.data, self.model.xp
-        N, bs = len(data.train), cfg.batch_size
+        """One epoch, read top to bottom: data -> step (batch after batch) -> evaluate -> save.
+        A signal stops it after the current step with a checkpoint (Interrupted)."""
+        steps = self._start_epoch()
+        t0 = time.perf_counter() - self._seconds
+        bar = self._progress_bar(steps)
+        batches = _Batches(self, self.data.binarize == "dynamic")
+        pending = _Pending(self.model.xp) if self._sums_on_device() else None
+        N, bs = len(self.data.train), self.cfg.batch_size
+        try:
+            while self.step < steps:
+                n = min(bs, N - self.step * bs)
+                xb, eps = batches.next(self.step * bs, n)                     # data
+                stopping = self._step(xb, eps, n, pending)                    # step
+                self.step += 1
+                self.global_step += 1
+                if pending is not None and (stopping or self.step == steps
+                                            or pending.steps >= self.cfg.sync_every):
+                    self._settle(pending)
+                self._show_progress(bar)
+                if stopping:
+                    self._seconds = time.perf_counter() - t0
+                    self.save()
+                    raise self._interrupted()
+        finally:
+            if bar is not None:
+                bar.close()
+        return self._end_epoch(steps, time.perf_counter() - t0)              # evaluate, save
+
+    def _start_epoch(self):
+        """The epoch's number of steps; a fresh epoch (not a resumed one) draws its data order,
+        clears its running sums and sets its learning rate."""
+        N, bs = len(self.data.train), self.cfg.batch_size
         steps = self._steps_per_epoch()
         if steps == 0:
             raise MinivaeError(f"batch-size {bs} is larger than the {N} training images with "
@@ -487,76 +397,66 @@ class Trainer:
             self.perm = self.data_rng.permutation(N)
             self.step = 0
             self._reset_epoch_totals()
-            self.opt.lr = cfg.lr_at(self.epoch)
-        dynamic = data.binarize == "dynamic"
-        t0 = time.perf_counter() - self._seconds
-        bar = None
-        if self.progress:
-            from tqdm import tqdm
-            bar = tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}",
-                       leave=False, unit="step", dynamic_ncols=True)
-        batches = _Batches(self, dynamic)
-        # no host reads inside a step (the data-parallel step reduces on the host)
-        device = xp is not np and cfg.on_nonfinite == "stop" and self.par is None
-        pending = _Pending(xp) if device else None
-        try:
-            while self.step < steps:
-                idx = self.perm[self.step * bs:(self.step + 1) * bs]
-                xb, eps = batches.next(self.step * bs, len(idx))
-                kwargs = schedules.objective_args(cfg, model.beta, self.global_step)
-                stop = None                       # data-parallel: the ranks' agreed decision
-                if self.par is not None:
-                    self.par.comm.where = (f"epoch {self.epoch + 1} step {self.step + 1}, "
-                                           f"global step {self.global_step + 1}")
-                    terms, stop = self.par.step(xb, eps, kwargs,
-                                                lambda: self._stop_signal is not None)
-                    self._host_step(len(idx), terms)
-                    if stop and self._stop_signal is None:
-                        self._stop_signal = "remote"
-                else:
-                    terms = model.forward_backward(xb, eps, **kwargs)
-                if self.par is not None:
-                    pass
-                elif device:
-                    pending.add(len(idx), terms, model.buffer.grad)
-                    if cfg.clip > 0:
-                        clip_grad_norm(model.buffer.grad, cfg.clip, sync=False)
-                    self.opt.step()
-                else:
-                    self._host_step(len(idx), terms)
-                self.step += 1
-                self.global_step += 1
-                # a signal that reached this rank after the step's all-reduce waits for the next
-                stopping = self._stop_signal is not None if stop is None else stop
-                last = self.step == steps or stopping
-                if device and (last or pending.steps >= cfg.sync_every):
-                    self._settle(pending)
-                if bar is not None:
-                    bar.update(1)
-                    if self.step % 20 == 0 and self._n_done:    # the epoch's running mean
-                        bar.set_postfix(loss=f"{self._sums[0] / self._n_done:.2f}")
-                if stopping:
-                    self._seconds = time.perf_counter() - t0
-                    self.save()
-                    raise self._interrupted()
-        finally:
-            if bar is not None:
-                bar.close()
-        seconds = time.perf_counter() - t0
+            self.opt.lr = self.cfg.lr_at(self.epoch)
+        return steps
+
+    def _sums_on_device(self):
+        """Whether the loss terms stay on the device between syncs (GPU, no per-step decision:
+        on_nonfinite 'stop', and not data-parallel, whose step reduces on the host)."""
+        return self.model.xp is not np and self.cfg.on_nonfinite == "stop" and self.par is None
+
+    def _step(self, xb, eps, n, pending):
+        """One optimiser step on the batch (n images); returns whether to stop after it."""
+        kwargs = schedules.objective_args(self.cfg, self.model.beta, self.global_step)
+        if self.par is not None:          # data-parallel: the ranks agree on the step and on stopping
+            self.par.comm.where = (f"epoch {self.epoch + 1} step {self.step + 1}, "
+                                   f"global step {self.global_step + 1}")
+            terms, stop = self.par.step(xb, eps, kwargs, lambda: self._stop_signal is not None)
+            self._host_step(n, terms)
+            if stop and self._stop_signal is None:
+                self._stop_signal = "remote"
+            # a signal that reached this rank after the step's all-reduce waits for the next
+            return stop
+        terms = self.model.forward_backward(xb, eps, **kwargs)
+        if pending is None:
+            self._host_step(n, terms)
+        else:                             # no host read inside the step: see _settle
+            pending.add(n, terms, self.model.buffer.grad)
+            if self.cfg.clip > 0:
+                clip_grad_norm(self.model.buffer.grad, self.cfg.clip, sync=False)
+            self.opt.step()
+        return self._stop_signal is not None
+
+    def _end_epoch(self, steps, seconds):
+        """The epoch's metric row (train means, held-out evaluation), logged and checkpointed."""
         if self._n_done == 0:            # every batch skipped: no step was taken this epoch
             raise Diverged(f"every one of the {steps} batches of epoch {self.epoch + 1} had a "
                            f"non-finite loss or gradient and was skipped, so the run made no "
                            f"progress: {_CAUSES.format(lr=self.opt.lr)}; {self._last_good()}")
         self.epoch += 1
         self.perm, self.step = None, 0
-        n = max(self._n_done, 1)
-        train = {"loss": self._sums[0] / n, "rec": self._sums[1] / n, "kl": self._sums[2] / n}
+        n = self._n_done
+        train = {"loss": self._sums[0] / n, "distortion": self._sums[1] / n,
+                 "kl": self._sums[2] / n}
         if self._skipped:
             train["skipped"] = self._skipped
         self._reset_epoch_totals()
         row = self._row(self.epoch, train, seconds)
         self._log_and_save(row)
         return row
+
+    def _progress_bar(self, steps):
+        if not self.progress:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=steps, initial=self.step, desc=f"epoch {self.epoch + 1}", leave=False,
+                    unit="step", dynamic_ncols=True)
+
+    def _show_progress(self, bar):
+        if bar is not None:
+            bar.update(1)
+            if self.step % 20 == 0 and self._n_done:    # the epoch's running mean
+                bar.set_postfix(loss=f"{self._sums[0] / self._n_done:.2f}")
 
     def _host_step(self, n, terms):
         """Check the step on the host, then update (or skip, or stop): the CPU path, and the
@@ -570,7 +470,7 @@ class Trainer:
             if cfg.clip > 0:
                 clip_grad_norm(g, cfg.clip, sq_norm=gnorm2)
             self.opt.step()
-            self._sums += (n * loss, n * float(terms.rec), n * float(terms.kl))
+            self._sums += (n * loss, n * float(terms.distortion), n * float(terms.kl))
             self._n_done += n
         else:
             self._nonfinite(loss)
@@ -648,7 +548,7 @@ class _Batches:
 
 
 class _Pending:
-    """Running sums (n * loss, n * rec, n * kl) and a not-finite count, kept on the device."""
+    """Running sums (n * loss, n * distortion, n * kl) and a not-finite count, kept on the device."""
 
     def __init__(self, xp):
         self.xp, self.acc = xp, xp.zeros(4, dtype=np.float64)
@@ -657,7 +557,7 @@ class _Pending:
     def add(self, n, terms, grad):
         xp = self.xp
         ok = xp.isfinite(terms.loss) & xp.isfinite(grad).all()
-        self.acc += xp.stack((terms.loss * n, terms.rec * n, terms.kl * n,
+        self.acc += xp.stack((terms.loss * n, terms.distortion * n, terms.kl * n,
                               (~ok).astype(terms.loss.dtype)))
         self.steps, self.n = self.steps + 1, self.n + n
 
@@ -690,265 +590,6 @@ def _describe(row):
     for split in ("valid", "test"):
         if f"{split}_elbo" in row:
             parts.append(f"{split} ELBO {row[f'{split}_elbo']:.3f} "
-                         f"(rec {row[f'{split}_rec']:.3f}, KL {row[f'{split}_kl']:.3f})")
+                         f"(distortion {row[f'{split}_distortion']:.3f}, "
+                         f"KL {row[f'{split}_kl']:.3f})")
     return ", ".join(parts) + " (nats per example)"
-
-
-# -------------------------------------------------------------------------------- loading runs
-MODEL_KEYS = ("data_dim", "hidden", "latent_dim", "activation", "likelihood", "beta", "dtype",
-              "seed", "device", "sigma", "learn_sigma", "objective", "samples", "estimator",
-              "baseline", "gaussian_mean", "sigma_min")
-OPTIONAL_MODEL_KEYS = {"estimator": "reparam", "baseline": "none",   # absent from older runs
-                       "gaussian_mean": "identity", "sigma_min": 1.0 / 256}
-DISCRETE_MODEL_KEYS = ("latent", "data_dim", "hidden", "latent_dim", "activation", "dtype", "seed",
-                       "device", "samples", "estimator", "baseline", "temperature")
-
-
-def model_from_config(cfg):
-    """The model a saved config describes: a VAE, or a DiscreteVAE (latent 'bernoulli')."""
-    if cfg.get("latent") == "bernoulli":
-        from .discrete import DiscreteVAE
-        return DiscreteVAE(**{k: v for k, v in cfg.items() if k != "latent"})
-    return VAE(**cfg)
-
-
-def _param_shapes(where, cfg):
-    """name -> shape of the parameters the model config describes, computed without building
-    the model (so a hostile config cannot make us allocate): the layout of VAE.__init__,
-    encoder D -> H1.. -> 2Z, decoder Z -> ..H1 -> D, then the likelihood's own parameters."""
-    discrete = isinstance(cfg, dict) and cfg.get("latent") == "bernoulli"
-    conv = isinstance(cfg, dict) and cfg.get("arch") == "conv" and not discrete
-    keys, optional = (DISCRETE_MODEL_KEYS, ()) if discrete else (MODEL_KEYS, OPTIONAL_MODEL_KEYS)
-    keys = set(keys) | (set(CONV_KEYS) if conv else set())
-    if not isinstance(cfg, dict) or not (keys - set(optional) <= set(cfg) <= keys):
-        got = sorted(cfg) if isinstance(cfg, dict) else type(cfg).__name__
-        raise MinivaeError(f"{where}: its model config has keys {got}, needs "
-                           f"{sorted(keys)}; the file is damaged or from another program")
-    D, Z, H = cfg["data_dim"], cfg["latent_dim"], cfg["hidden"]
-    if not (_is_int(D, 1) and _is_int(Z, 1) and isinstance(H, list) and len(H) <= 64
-            and all(_is_int(h, 1) for h in H)):
-        raise MinivaeError(f"{where}: its model config has data_dim {D!r}, latent_dim {Z!r}, "
-                           f"hidden {H!r}; each must be positive integers (hidden: a list of at "
-                           "most 64, empty for the linear model)")
-    if discrete:
-        try:
-            resolve_dtype(cfg["dtype"])
-        except MinivaeError as e:
-            raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
-        from .discrete import discrete_param_shapes
-        return discrete_param_shapes(cfg)
-    try:
-        resolve_dtype(cfg["dtype"])
-        later = [cfg.get(k, OPTIONAL_MODEL_KEYS[k]) for k in ("gaussian_mean", "sigma_min")]
-        make_likelihood("gaussian", cfg["sigma"], cfg["learn_sigma"], *later)  # checked for any
-        lik = make_likelihood(cfg["likelihood"], cfg["sigma"], cfg["learn_sigma"], *later)
-    except (MinivaeError, TypeError) as e:
-        raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
-    if conv:
-        try:
-            arch = ConvArch(cfg["image_shape"], cfg["channels"], cfg["kernel"], cfg["stride"],
-                            cfg["padding"], H, Z, outputs=lik.out_features(D) // D)
-        except MinivaeError as e:
-            raise MinivaeError(f"{where}: its model config is invalid: {e}") from None
-        if arch.data_dim != D:
-            raise MinivaeError(f"{where}: its image_shape {cfg['image_shape']!r} does not hold "
-                               f"data_dim {D} values")
-        return {**arch.param_shapes(), **lik.param_shapes(D)}
-    return {**mlp_shapes("enc", (D, *H, 2 * Z)),
-            **mlp_shapes("dec", (Z, *H[::-1], lik.out_features(D))), **lik.param_shapes(D)}
-
-
-def _short(v, n=40):
-    text = str(v)
-    return text if len(text) <= n else text[:n] + "..."
-
-
-def _check_state(where, name, s):
-    ok = (isinstance(s, dict) and set(s) == {"bit_generator", "state", "has_uint32", "uinteger"}
-          and s["bit_generator"] == "PCG64" and isinstance(s["state"], dict)
-          and set(s["state"]) == {"state", "inc"}
-          and all(_is_int(v) and v < 2 ** 128 for v in s["state"].values())
-          and s["has_uint32"] in (0, 1) and _is_int(s["uinteger"]) and s["uinteger"] < 2 ** 32)
-    if not ok:
-        raise MinivaeError(f"{where}: its {name} generator state is malformed; the file is damaged")
-
-
-def _check_meta(where, meta):
-    """Check every field of a checkpoint's meta that resuming, eval and sample use."""
-    need = ("model", "train", "dataset", "binarize", "dataset_args", "image_shape", "epoch",
-            "step", "opt", "data_rng")
-    missing = [k for k in need if k not in meta]
-    if missing:
-        raise MinivaeError(f"{where}: its meta record lacks {', '.join(missing)}; the file is "
-                           "damaged or not written by minivae train")
-    shapes = _param_shapes(where, meta["model"])
-    t = meta["train"]
-    names = {f.name for f in fields(TrainConfig)}
-    if not isinstance(t, dict) or not set(t) <= names:
-        raise MinivaeError(f"{where}: its training config is not a mapping of "
-                           f"{', '.join(sorted(names))}; the file is damaged")
-    try:
-        TrainConfig(**t).check()
-    except MinivaeError as e:
-        raise MinivaeError(f"{where}: its training config is invalid ({e})") from None
-    d = meta["dataset_args"]          # {} for a Trainer made in Python without them
-    if not (isinstance(meta["dataset"], str) and isinstance(meta["binarize"], str)
-            and isinstance(d, dict) and (d == {} or (
-                isinstance(d.get("binarize"), str) and _is_int(d.get("valid_size"))
-                and _is_int(d.get("seed"))
-                and (d.get("data_dir") is None or isinstance(d.get("data_dir"), str))))):
-        raise MinivaeError(f"{where}: its dataset record is malformed (dataset, binarize, "
-                           "dataset_args with binarize, valid_size, seed, data_dir)")
-    for key in ("path", "test"):          # a run on the user's own data (minivae.data.user)
-        sha = d.get(f"{key}_sha256" if key == "test" else "sha256")
-        if key in d and not (isinstance(d[key], str) and isinstance(sha, str) and len(sha) == 64
-                             and all(c in "0123456789abcdef" for c in sha)):
-            raise MinivaeError(f"{where}: its dataset record's {key} and sha256 are malformed; "
-                               "the file is damaged")
-    shape = meta["image_shape"]
-    if not (isinstance(shape, list) and shape and all(_is_int(s, 1) for s in shape)
-            and math.prod(shape) == meta["model"]["data_dim"]):
-        raise MinivaeError(f"{where}: image_shape {str(shape)[:80]} does not match data_dim "
-                           f"{meta['model']['data_dim']}; the file is damaged")
-    if not (len(shape) == 2 or (len(shape) == 3 and shape[2] in (1, 3))):
-        raise MinivaeError(f"{where}: image_shape {str(shape)[:80]} is not [height, width] or "
-                           "[height, width, 1 or 3 channels]; the file is damaged")
-    for k in ("epoch", "step", "global_step"):
-        if not _is_count(meta.get(k, 0)):
-            raise MinivaeError(f"{where}: {k} must be an integer in [0, 2^63), got "
-                               f"{str(meta.get(k))[:40]}; the file is damaged")
-    o = meta["opt"]
-    if isinstance(o, dict) and _is_int(o.get("t")) and not _is_count(o["t"]):
-        raise MinivaeError(f"{where}: opt.t (the optimiser's step count) must be an integer in "
-                           f"[0, 2^63), got {_short(o['t'])}; the file is damaged")
-    if not (isinstance(o, dict) and _is_count(o.get("t"))
-            and ("lr" not in o or (_is_real(o["lr"]) and math.isfinite(o["lr"]) and o["lr"] > 0))):
-        raise MinivaeError(f"{where}: its optimiser record {str(o)[:80]} is malformed")
-    _check_state(where, "data", meta["data_rng"])
-    for name in ("noise", "bin"):
-        st = meta.get(f"{name}_rng")
-        if isinstance(st, dict) and st.get("kind") == Philox.kind:
-            try:
-                Philox.from_state(st)
-            except MinivaeError:
-                raise MinivaeError(f"{where}: its {name} generator state is malformed; the file "
-                                   "is damaged") from None
-        elif st is not None:
-            _check_state(where, name, st)
-    tot = meta.get("epoch_totals")
-    if tot is not None and not (
-            isinstance(tot, dict) and isinstance(tot.get("sums"), list) and len(tot["sums"]) == 3
-            and all(_is_real(s) and math.isfinite(s) for s in tot["sums"])
-            and _is_count(tot.get("n")) and _is_count(tot.get("skipped"))
-            and _is_real(tot.get("seconds")) and math.isfinite(tot["seconds"])):
-        raise MinivaeError(f"{where}: its epoch totals are malformed; the file is damaged")
-    return shapes
-
-
-def _expected_arrays(where):
-    """checkpoint.load's expect: the arrays a checkpoint of this meta must hold."""
-    def expect(meta):
-        shapes = _check_meta(where, meta)
-        P = sum(math.prod(s) for s in shapes.values())
-        dt = np.dtype(resolve_dtype(meta["model"]["dtype"]))
-        probe = make_optimizer(meta["train"].get("optimizer", "adam"),
-                               ParamBuffer({"p": (1,)}, dtype=dt), 1e-3)
-        spec = {"params": checkpoint.Expect((P,), dt)}
-        spec.update({f"opt.{k}": checkpoint.Expect((P,), dt) for k in probe.state()[0]})
-        spec["extra.perm"] = checkpoint.Expect((None,), "i", required=False)
-        return spec
-    return expect
-
-
-def _check_loadable(where, meta, params, opt_arrays, extra_arrays):
-    """What load_run checks, applied to a checkpoint about to be written: its meta, and every
-    array's name, shape and dtype against what that meta implies (values: see Trainer.save)."""
-    specs = _expected_arrays(where)(meta)
-    arrays = {"params": params, **{f"opt.{k}": a for k, a in opt_arrays.items()},
-              **{f"extra.{k}": a for k, a in extra_arrays.items()}}
-    for key, a in arrays.items():
-        if key not in specs:
-            raise MinivaeError(f"{where}: unexpected array {key!r}")
-        checkpoint.check_expected(where, key, a.shape, np.dtype(a.dtype), specs[key])
-    missing = [k for k, spec in specs.items() if spec.required and k not in arrays]
-    if missing:
-        raise MinivaeError(f"{where}: array {missing[0]!r} is missing")
-
-
-def load_run(path, device=None):
-    """(model, meta, opt_arrays, extra) from a run directory or a checkpoint file.
-
-    The model is built on ``device`` ('cpu' or 'cuda'; None: the device it was saved from), so a
-    run trained on a GPU loads on a machine without one.  meta keeps the saved config.
-
-    Nothing in the file is trusted: the meta record is checked field by field, every array's
-    name, shape and dtype against the config before it is read, and the values for NaN/inf.
-    Raises MinivaeError naming the file otherwise.
-    """
-    path = os.fspath(path)
-    ck = os.path.join(path, CHECKPOINT) if os.path.isdir(path) else path
-    params, meta, opt, extra = checkpoint.load(ck, expect=_expected_arrays(ck))
-    cfg = dict(meta["model"])
-    if device is not None:
-        cfg["device"] = device
-    try:
-        model = model_from_config(cfg)
-    except TypeError as e:
-        raise MinivaeError(f"{ck}: its model config does not build a VAE ({e}); the file is "
-                           "damaged or from another program") from None
-    except MinivaeError as e:
-        raise MinivaeError(f"{ck}: its model config is invalid: {e}") from None
-    checkpoint.check_against(ck, params, opt, model)
-    model.buffer.data[...] = to_device(params, model.xp)
-    return model, meta, opt, extra
-
-
-MAX_METRICS_BYTES = 64 << 20        # a metrics.jsonl larger than this is no minivae run's
-
-
-def read_metrics(run_dir):
-    """The metric rows of a run directory (a list of dicts; [] when there are none yet).
-
-    A last line cut short by a crash is ignored; any other unreadable line, a row whose epoch
-    is not an integer >= 0 or whose other values are not numbers, and a file that is not a
-    regular one (a FIFO, a folder) are one-line MinivaeErrors naming the file, line and field.
-    """
-    return _read_metrics(os.path.join(run_dir, METRICS))[0]
-
-
-def _read_metrics(path):
-    """(rows, torn): the rows of the metrics file at path, and whether its last line was cut."""
-    try:
-        f = checkpoint.open_regular(path)
-    except FileNotFoundError:
-        return [], False
-    with f:
-        raw = f.read(MAX_METRICS_BYTES + 1)
-    if len(raw) > MAX_METRICS_BYTES:
-        raise MinivaeError(f"{path} holds more than {MAX_METRICS_BYTES >> 20} MB, more than any "
-                           "run writes; the file is damaged or not minivae's")
-    lines = raw.split(b"\n")
-    rows, torn = [], bool(raw) and not raw.endswith(b"\n")
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("not an object")
-        except (ValueError, RecursionError):
-            if i == len(lines) - 1:            # no newline after it: a torn final write
-                break
-            raise MinivaeError(f"{path}: line {i + 1} is not a JSON object; the file is "
-                               "damaged") from None
-        where = f"{path}: line {i + 1}"
-        if not _is_count(row.get("epoch")):
-            raise MinivaeError(f"{where}: epoch must be an integer >= 0, got "
-                               f"{str(row.get('epoch'))[:40]}; the file is damaged (repair or "
-                               "remove the line)")
-        for k, v in row.items():
-            if not _is_real(v):
-                raise MinivaeError(f"{where}: {k[:40]} must be a number, got {str(v)[:40]}; "
-                                   "the file is damaged (repair or remove the line)")
-        rows.append(row)
-    return rows, torn

@@ -19,7 +19,7 @@ channels C1, C2, .. and DIMS's inner widths as its dense layers):
   gemm      the model's GEMM FLOPs per step (forward, dW, and dX except the first layer's) and
             the time of exactly those np.matmul calls at the model's shapes, measured in the
             same run: the GEMM floor of an epoch, and the fraction of it the epoch reaches.
-  iwae      minivae.likelihood.importance_log_likelihood, K samples on the first N test images
+  iwae      minivae.evaluation.importance_log_likelihood, K samples on the first N test images
             (rows=10000 per decoder call, as the peer), samples/s, and its decoder-GEMM floor.
   memory    peak resident set (ru_maxrss) of a fresh process per measurement.
   peer      (--peer) ../shared/bench/torch_vae.py (torch_conv_vae.py for a conv model; its
@@ -178,7 +178,7 @@ def work_train(a):
 
 def work_iwae(a):
     import numpy as np
-    from minivae.likelihood import importance_log_likelihood
+    from minivae.evaluation import importance_log_likelihood
     dims, act, _ = parse_model(a.model)
     model = make_model(a.model, a.seed)
     x = synthetic(1001, N_TEST)[:a.iwae_n]

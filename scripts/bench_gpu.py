@@ -152,7 +152,7 @@ def bench_minivae(cp, a, dims, act, B, train):
 
 
 def iwae_minivae(cp, a, model, x):
-    from minivae.likelihood import importance_log_likelihood
+    from minivae.evaluation import importance_log_likelihood
     from minivae.philox import Philox
     pool = cp.get_default_memory_pool() if hasattr(cp, "get_default_memory_pool") else None
     importance_log_likelihood(model, x[:2], min(a.iwae_k, 50), Philox(9, cp), rows=a.rows)

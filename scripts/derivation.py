@@ -457,7 +457,8 @@ def claim_c6(ctx):
     rows, ok = [], True
     for name, q in qs:
         elbo, kl = lg.elbo(x, q), lg.kl_to_posterior(x, q)
-        rec, kl_prior = lg.elbo_terms(x, q)
+        distortion, kl_prior = lg.distortion_and_kl(x, q)
+        rec = -distortion
         cond = np.linalg.cond(lg.M) * np.linalg.cond(q.covariance()).max()
         tol = roundoff(cond, np.abs(elbo) + np.abs(kl) + np.abs(rec) + np.abs(kl_prior))
         resid = elbo + kl - lp
@@ -508,7 +509,8 @@ def claim_c7(ctx):
     S = ctx.n.c7_S
     lin, ok = {}, True
     for k, (name, q) in enumerate(proposals(ctx, lg, x).items()):
-        rec, kl = lg.elbo_terms(x, q)
+        distortion, kl = lg.distortion_and_kl(x, q)
+        rec = -distortion
         z = q.sample(S, ctx.rng("C7", k))
         zs = {}
         for term, exact, draws in (("rec", rec, lg.log_likelihood(x, z)),
@@ -532,7 +534,8 @@ def claim_c7(ctx):
     shape = (S2, len(xt), model.latent_dim)
     eps = ctx.rng("C7", 10).standard_normal(shape)
     t = model.elbo(xt, eps=eps)
-    a = np.asarray(t.rec - t.kl)
+    rec = -np.asarray(t.distortion)
+    a = rec - np.asarray(t.kl)
     vae = {}
     # independent noise: both sides unbiased for the ELBO, so the per-image differences have
     # mean 0; the same noise: log p(x|z) cancels and what is left, E[log q - log p(z)] - KL, has
@@ -548,13 +551,13 @@ def claim_c7(ctx):
     ok &= vae_ok
     ind, same = vae["independent"], vae["same noise"]
     summary = (f"linear-Gaussian: closed forms = MC (|z| <= {fmt(lin_z, 2)}); VAE beta=1, "
-               f"{len(xt)} test shapes: rec - KL = {a.mean():.3f} (rec {np.mean(t.rec):.2f}, KL "
+               f"{len(xt)} test shapes: rec - KL = {a.mean():.3f} (rec {np.mean(rec):.2f}, KL "
                f"{np.mean(t.kl):.2f}), MC E_q[log p(x,z) - log q] = {ind['mc_elbo']:.3f}, diff "
                f"{fmt(ind['diff'], 2)} +- {fmt(ind['diff_se'], 2)} (same noise: "
                f"{fmt(same['diff'], 2)} +- {fmt(same['diff_se'], 2)})")
     return Claim("C7", ok, summary, dict(
         linear_gaussian=dict(model="STRONG", S=S, proposals=lin),
-        vae=dict(images=len(xt), samples=S2, rec_minus_kl=a.mean(), rec=np.mean(t.rec),
+        vae=dict(images=len(xt), samples=S2, rec_minus_kl=a.mean(), rec=np.mean(rec),
                  kl=np.mean(t.kl), ok=vae_ok, **vae)))
 
 
@@ -586,7 +589,7 @@ def vae_sweep(ctx):
         for i in range(0, len(test), 500):
             t = model.elbo(test[i:i + 500], eps=eps[:, i:i + 500])
             kl.append(np.asarray(t.kl, dtype=np.float64))
-            rec.append(-np.asarray(t.rec, dtype=np.float64))
+            rec.append(np.asarray(t.distortion, dtype=np.float64))
         models[beta], rate[beta], dist[beta] = model, np.concatenate(kl), np.concatenate(rec)
         seconds[beta] = time.perf_counter() - t0
         print(f"  beta {beta:g}: rate {rate[beta].mean():.3f}, distortion {dist[beta].mean():.3f} "
@@ -620,9 +623,9 @@ def claim_c8(ctx):
     grid = np.unique(np.r_[np.geomspace(0.05, 20, 81), betas])
     lin_r, lin_d = [], []
     for b in grid:
-        rec, kl = lg.elbo_terms(x, lg.optimal_diagonal_q(x, b))
+        d, kl = lg.distortion_and_kl(x, lg.optimal_diagonal_q(x, b))
         lin_r.append(kl.mean())
-        lin_d.append(-rec.mean())
+        lin_d.append(d.mean())
     lin_r, lin_d = np.array(lin_r), np.array(lin_d)
     tol = roundoff(np.linalg.cond(lg.M), np.abs(lin_d).max())
     lin_ok = bool(np.all(np.diff(lin_r) < -tol) and np.all(np.diff(lin_d) > tol))

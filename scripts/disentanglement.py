@@ -60,9 +60,10 @@ from derivation import _plt, jsonable, one_blas_thread, table  # noqa: E402  the
 from minivae import latent_plots, metrics
 from minivae.backend import make_rng
 from minivae.data import load_dataset, shapes
-from minivae.likelihood import active_units
+from minivae.evaluation import active_units
 from minivae.model import VAE
-from minivae.train import TrainConfig, Trainer, evaluate
+from minivae.train import TrainConfig, Trainer
+from minivae.evaluation import evaluate
 
 # two-sided 95% Student t quantiles by degrees of freedom
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
@@ -164,7 +165,7 @@ def measure(n, model, test, seed):
                                         n.vote_batch, rng)
     fv = metrics.factorvae_score(votes, ks, scale, len(shapes.FACTORS))
     kl = metrics.per_latent_kl(mu, lv)
-    return dict(rate=held["kl"], distortion=held["rec"], mig=mig["mig"], factorvae=fv["score"],
+    return dict(rate=held["kl"], distortion=held["distortion"], mig=mig["mig"], factorvae=fv["score"],
                 tc=tc["tc"], tc_se=tc["se"], tc_loo=tc["tc_loo"], tc_loo_se=tc["se_loo"],
                 active_units=au, per_latent_kl=kl,
                 mig_gaps=mig["gaps"], mi=mig["mi"], entropies=mig["entropies"],

@@ -36,7 +36,7 @@ def per_image_elbo(run, test, samples=10, seed=7):
     sys.path.insert(0, ROOT)
     from minivae.backend import make_rng
     from minivae.data import Dataset
-    from minivae.train import load_run
+    from minivae.rundir import load_run
     model = load_run(run)[0]
     x = Dataset.from_arrays(np.load(test)).train
     rng = make_rng(seed, model.xp)

@@ -34,9 +34,10 @@ import numpy as np
 import minivae
 from minivae.backend import make_rng
 from minivae.data import load_dataset
-from minivae.likelihood import active_units, importance_log_likelihood
+from minivae.evaluation import active_units, importance_log_likelihood
 from minivae.model import VAE
-from minivae.train import TrainConfig, Trainer, read_metrics
+from minivae.train import TrainConfig, Trainer
+from minivae.rundir import read_metrics
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # the peer beside the checkout (../shared/bench); MINIVAE_PEER_DIR overrides (from a worktree)

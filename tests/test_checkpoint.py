@@ -22,7 +22,8 @@ from minivae import checkpoint
 from minivae.data import Dataset
 from minivae.errors import MinivaeError
 from minivae.model import VAE
-from minivae.train import CHECKPOINT, TrainConfig, Trainer, load_run
+from minivae.rundir import CHECKPOINT, load_run
+from minivae.train import TrainConfig, Trainer
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -17,7 +17,8 @@ import minivae.data.datasets as datasets
 from minivae import cli
 from minivae.data import Dataset
 from minivae.model import VAE
-from minivae.train import TrainConfig, Trainer, load_run
+from minivae.train import TrainConfig, Trainer
+from minivae.rundir import load_run
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--no-progress"]
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from minivae import __version__, cli
-from minivae.likelihood import eight_bit
+from minivae.evaluation import eight_bit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--hidden", "8", "--latent-dim", "2", "--batch-size", "20", "--no-progress"]

@@ -13,7 +13,7 @@ from minivae.errors import MinivaeError
 from minivae.gradcheck import check_gradient
 from minivae.model import VAE
 from minivae.optim import Adam
-from minivae.train import load_run
+from minivae.rundir import load_run
 
 
 def small_conv(dtype="float64", **kw):

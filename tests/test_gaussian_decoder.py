@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from minivae import distributions as dist
 from minivae.errors import MinivaeError
 from minivae.gradcheck import check_gradient, check_vjp
-from minivae.likelihoods import SIGMA_MIN, Gaussian, GaussianPerExample, make_likelihood
+from minivae.decoders import SIGMA_MIN, Gaussian, GaussianPerExample, make_likelihood
 from minivae.model import VAE
 
 LOG_2PI = math.log(2 * math.pi)
@@ -204,7 +204,7 @@ def test_model_forward_by_hand_and_initial_sigma(rng):
     nll = np.sum(0.5 * (x - m) ** 2 / var + 0.5 * np.log(var) + 0.5 * LOG_2PI, -1)
     kl = 0.5 * np.sum(mu ** 2 + np.exp(logvar) - 1 - logvar, -1)
     t = model.elbo(x, eps=eps)
-    np.testing.assert_allclose(t.rec, -nll, rtol=1e-12)
+    np.testing.assert_allclose(t.distortion, nll, rtol=1e-12)
     np.testing.assert_allclose(t.kl, kl, rtol=1e-12)
     np.testing.assert_allclose(model.reconstruct(x), _sigmoid(
         (np.tanh(mu @ p["dec.0.W"] + p["dec.0.b"]) @ p["dec.1.W"] + p["dec.1.b"])[:, :4]),
@@ -219,12 +219,13 @@ def test_float32_in_float32_out(rng):
     loss, grads = model.loss_and_grads(x, rng=rng)
     assert math.isfinite(loss) and all(g.dtype == np.float32 for g in grads.values())
     assert model.decode(np.zeros((2, 2), np.float32)).dtype == np.float32
-    assert model.elbo(x, rng=rng).rec.dtype == np.float32
+    assert model.elbo(x, rng=rng).distortion.dtype == np.float32
 
 
 def test_checkpoint_round_trip_keeps_the_head(tmp_path, rng):
     from minivae.data import Dataset
-    from minivae.train import TrainConfig, Trainer, load_run
+    from minivae.train import TrainConfig, Trainer
+    from minivae.rundir import load_run
     x = rng.uniform(0, 1, (40, 4)).astype(np.float32)
     data = Dataset("toy", x, None, x[:10], image_shape=(2, 2), binarize="none")
     model = _model("elbo", "sigmoid", 0.02, seed=1, dtype="float32")

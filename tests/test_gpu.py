@@ -23,7 +23,7 @@ import pytest
 from minivae import kernels
 from minivae.errors import MinivaeError
 from minivae.kernels import reference
-from minivae.likelihood import importance_log_likelihood
+from minivae.evaluation import importance_log_likelihood
 from minivae.model import VAE
 from minivae.optim import Adam
 from minivae.philox import Philox, normal_reference, philox4x32, uniform_reference
@@ -329,7 +329,8 @@ def _trainer(run_dir, device, epochs=2, seed=1, **cfg):
 
 
 def _resumed(run_dir, device, epochs=None):
-    from minivae.train import TrainConfig, Trainer, load_run
+    from minivae.train import TrainConfig, Trainer
+    from minivae.rundir import load_run
     model, meta, opt, extra = load_run(run_dir, device)
     cfg = TrainConfig(**meta["train"])
     if epochs is not None:
@@ -366,7 +367,8 @@ def test_gpu_training_reads_back_once_per_sync_window(gpu, tmp_path):
 
 
 def test_gpu_nonfinite_step_stops_without_saving(gpu, tmp_path):
-    from minivae.train import Diverged, load_run
+    from minivae.train import Diverged
+    from minivae.rundir import load_run
     tr = _trainer(tmp_path / "r", "cuda", epochs=1, sync_every=3)
     tr.fit()
     good = host(load_run(tmp_path / "r", "cpu")[0].buffer.data)
@@ -401,7 +403,7 @@ def test_gpu_run_matches_cpu_run_in_float32(gpu, tmp_path, clip):
     pa, pb = host(a.model.buffer.data), b.model.buffer.data
     # 8 Adam steps of ~1e-3 each; round-off differences of the gradient move a step by far less
     assert np.max(np.abs(pa - pb)) <= 1e-4
-    from minivae.train import read_metrics
+    from minivae.rundir import read_metrics
     ra, rb = read_metrics(tmp_path / "a")[-1], read_metrics(tmp_path / "b")[-1]
     assert ra["epoch"] == rb["epoch"] == 2
     for k in ("train_loss", "test_loss", "test_kl"):
@@ -420,7 +422,8 @@ def test_gpu_resume_continues_the_noise_stream(gpu, tmp_path):
             tr._stop_signal = 2                # SIGINT arrives during global step 11
         return forward(x, eps)
     tr.model.forward_backward = stop_at_step_11
-    from minivae.train import Interrupted, read_metrics
+    from minivae.train import Interrupted
+    from minivae.rundir import read_metrics
     with pytest.raises(Interrupted):
         tr.fit()
     tr = _resumed(tmp_path / "i", "cuda")
@@ -454,7 +457,7 @@ def test_gpu_checkpoint_loads_on_the_cpu_through_the_cli(gpu, tmp_path, capsys):
     tr.fit()
     with open(tmp_path / "r" / "config.json", "w") as f:   # what `minivae train` writes first
         json.dump({}, f)
-    from minivae.train import load_run
+    from minivae.rundir import load_run
     model, meta, _, _ = load_run(tmp_path / "r", "cpu")
     assert model.xp is np and meta["noise_rng"]["kind"] == "philox"
     np.testing.assert_array_equal(model.buffer.data, host(tr.model.buffer.data))

@@ -84,14 +84,14 @@ def _random_qs(lg, x, rng):
 @given(**shapes)
 def test_elbo_gap_is_kl_to_posterior(D, Z, sigma, seed):
     """C6: ELBO(q) + KL(q || p(z|x)) = log p(x) for diagonal and full-covariance q; the three are
-    computed by separate formulas.  C7: elbo = E_q[log p(x|z)] - KL(q || p(z))."""
+    computed by separate formulas.  C7: elbo = -(distortion + KL(q || p(z)))."""
     lg, x, rng = random_case(D, Z, sigma, seed)
     lp = lg.log_marginal(x)
     for q in _random_qs(lg, x, rng):
         elbo, kl = lg.elbo(x, q), lg.kl_to_posterior(x, q)
-        rec, kl_prior = lg.elbo_terms(x, q)
-        np.testing.assert_array_equal(elbo, rec - kl_prior)
-        scale = np.abs(elbo) + np.abs(kl) + np.abs(rec) + np.abs(kl_prior)
+        distortion, kl_prior = lg.distortion_and_kl(x, q)
+        np.testing.assert_array_equal(elbo, -(distortion + kl_prior))
+        scale = np.abs(elbo) + np.abs(kl) + np.abs(distortion) + np.abs(kl_prior)
         cond = np.linalg.cond(lg.M) * np.linalg.cond(q.covariance()).max()
         assert np.all(np.abs(elbo + kl - lp) <= roundoff(cond, scale))
         assert np.all(kl >= -roundoff(cond, scale)) and np.all(elbo <= lp + roundoff(cond, scale))
@@ -331,16 +331,16 @@ def test_elbo_below_iwae_below_log_marginal_and_iwae_rises_with_K():
 
 
 @pytest.mark.parametrize("proposal", ["fitted", "posterior"])
-def test_elbo_terms_match_monte_carlo(proposal):
-    """C7: E_q[log p(x|z)] and KL(q || p(z)) = E_q[log q - log p(z)] by sampling, within Z_TOL
+def test_distortion_and_kl_match_monte_carlo(proposal):
+    """C7: the distortion -E_q[log p(x|z)] and KL(q || p(z)) = E_q[log q - log p(z)] by sampling, within Z_TOL
     standard errors (sample standard deviation / sqrt(S); S = 20000 draws of a smooth,
     Gaussian-tailed integrand)."""
     lg, x = model("strong")
     q = lg.optimal_diagonal_q(x) if proposal == "fitted" else lg.posterior_gaussian(x)
-    rec, kl = lg.elbo_terms(x, q)
+    distortion, kl = lg.distortion_and_kl(x, q)
     S = 20_000
     z = q.sample(S, np.random.default_rng(24))
-    for exact, draws in ((rec, lg.log_likelihood(x, z)), (kl, q.log_prob(z) - lg.log_prior(z))):
+    for exact, draws in ((distortion, -lg.log_likelihood(x, z)), (kl, q.log_prob(z) - lg.log_prior(z))):
         se = draws.std(axis=0, ddof=1) / math.sqrt(S)
         assert np.all(np.abs(draws.mean(axis=0) - exact) <= Z_TOL * se)
 
@@ -376,8 +376,8 @@ def test_elbo_grad_matches_central_differences(D, Z, sigma, seed, beta):
     um, ul = rng.standard_normal(mean.shape), rng.standard_normal(mean.shape)
 
     def objective(t):
-        rec, kl = lg.elbo_terms(x, mean + t * um, logvar + t * ul)
-        return rec - beta * kl
+        distortion, kl = lg.distortion_and_kl(x, mean + t * um, logvar + t * ul)
+        return -(distortion + beta * kl)
 
     h = 1e-5
     fd = (objective(h) - objective(-h)) / (2 * h)
@@ -402,8 +402,8 @@ def test_optimal_diagonal_q_is_the_maximum(D, Z, sigma, seed, beta):
     assert np.abs(dl).max() <= roundoff(1.0, beta)
 
     def objective(q):
-        rec, kl = lg.elbo_terms(x, q)
-        return rec - beta * kl
+        distortion, kl = lg.distortion_and_kl(x, q)
+        return -(distortion + beta * kl)
 
     best = objective(opt)
     for _ in range(5):
@@ -470,9 +470,9 @@ def test_beta_trades_rate_for_distortion():
     betas = [0.1, 0.3, 1.0, 3.0, 10.0]
     rate, distortion = [], []
     for beta in betas:
-        rec, kl = lg.elbo_terms(x, lg.optimal_diagonal_q(x, beta))
+        d, kl = lg.distortion_and_kl(x, lg.optimal_diagonal_q(x, beta))
         rate.append(kl)
-        distortion.append(-rec)
+        distortion.append(d)
     rate, distortion = np.array(rate), np.array(distortion)
     assert np.all(np.diff(rate, axis=0) < 0)
     assert np.all(np.diff(distortion, axis=0) > 0)

@@ -159,7 +159,7 @@ def test_elbo_loss_value_matches_a_hand_computation(lik, learn, act, D, H, Z, B,
     np.testing.assert_allclose(enc_mu, mu, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(enc_logvar, logvar, rtol=1e-12, atol=1e-12)
     t = model.elbo(x, eps=eps)
-    np.testing.assert_allclose(t.rec, -np.mean(nll, axis=0), rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(t.distortion, np.mean(nll, axis=0), rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(t.kl, kl, rtol=1e-11, atol=1e-11)
 
 

@@ -35,7 +35,7 @@ import mpi_job  # noqa: E402  (its data and arguments; importing it patches noth
 
 from minivae import cli  # noqa: E402
 from minivae.model import VAE  # noqa: E402
-from minivae.train import load_run, read_metrics  # noqa: E402
+from minivae.rundir import load_run, read_metrics# noqa: E402
 
 _FB = VAE.forward_backward          # the real one (Halves patches the class)
 JOB = os.path.join(os.path.dirname(__file__), "mpi_job.py")

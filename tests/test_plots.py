@@ -58,21 +58,21 @@ def test_loss_scale():
 def test_loss_panel_shows_negative_losses(tmp_path):
     """A Gaussian decoder's -ELBO goes negative: the panel must still hold every point after
     epoch 0 and spread them out (epoch 0, far above, is written in the panel instead)."""
-    rows = [{"epoch": 0, "valid_loss": 900.0, "valid_rec": 890.0, "valid_kl": 1.0}]
-    rows += [{"epoch": e, "train_loss": -700.0 - e, "train_rec": -720.0 - e, "train_kl": 20.0,
-              "valid_loss": -690.0 - e, "valid_rec": -710.0 - e, "valid_kl": 20.0}
+    rows = [{"epoch": 0, "valid_loss": 900.0, "valid_distortion": 890.0, "valid_kl": 1.0}]
+    rows += [{"epoch": e, "train_loss": -700.0 - e, "train_distortion": -720.0 - e, "train_kl": 20.0,
+              "valid_loss": -690.0 - e, "valid_distortion": -710.0 - e, "valid_kl": 20.0}
              for e in range(1, 6)]
     drawn = save_loss_curves(tmp_path / "loss.png", rows)
-    for key, lo, hi in (("loss", -705.0, -691.0), ("rec", -725.0, -711.0)):
+    for key, lo, hi in (("loss", -705.0, -691.0), ("distortion", -725.0, -711.0)):
         scale, (ymin, ymax) = drawn[key]
         assert scale == "linear"
         assert ymin <= lo and ymax >= hi, (key, ymin, ymax)
         assert ymax - ymin < 3 * (hi - lo), (key, ymin, ymax)     # not flattened by epoch 0
     assert (tmp_path / "loss.png").stat().st_size > 0
-    near = [{"epoch": e, "valid_loss": -10.0 - e, "valid_rec": -11.0, "valid_kl": 1.0}
+    near = [{"epoch": e, "valid_loss": -10.0 - e, "valid_distortion": -11.0, "valid_kl": 1.0}
             for e in range(3)]                                     # epoch 0 close: kept in view
     scale, (ymin, ymax) = save_loss_curves(tmp_path / "near.png", near)["loss"]
     assert ymin <= -12.0 and ymax >= -10.0
-    positive = [{"epoch": e, "train_loss": 100.0 + 50 / (e + 1), "train_rec": 90.0,
+    positive = [{"epoch": e, "train_loss": 100.0 + 50 / (e + 1), "train_distortion": 90.0,
                  "train_kl": 10.0} for e in range(3)]
     assert save_loss_curves(tmp_path / "pos.png", positive)["loss"][0] == "log"

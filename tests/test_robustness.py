@@ -33,7 +33,8 @@ from minivae import cli, distributions as dist, kernels
 from minivae.data import Dataset, make_shapes
 from minivae.errors import MinivaeError
 from minivae.model import VAE
-from minivae.train import CHECKPOINT, Diverged, TrainConfig, Trainer, load_run, read_metrics
+from minivae.rundir import CHECKPOINT, load_run, read_metrics
+from minivae.train import Diverged, TrainConfig, Trainer
 
 F32_EXP_MAX = math.log(np.finfo(np.float32).max)            # 88.72...
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 import minivae.data.datasets as datasets
 from minivae import checkpoint, cli, rundir
 from minivae.errors import MinivaeError
-from minivae.train import CHECKPOINT, load_run
+from minivae.rundir import CHECKPOINT, load_run
 
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "100", "--no-progress"]
 
@@ -469,6 +469,35 @@ def test_a_drawable_shape_still_samples(tmp_path, capsys, finished):
     assert rc == 0, err
 
 
+
+def test_a_run_of_an_older_version_resumes_under_the_new_metric_names(tmp_path, capsys, finished):
+    """Runs written before the distortion had one name wrote it as {split}_rec (the same value,
+    -E_q log p(x|z)): they read, resume, plot and summarise under {split}_distortion, the old
+    rows keeping their values, and a trimmed file is rewritten under the new names."""
+    from minivae.plots import save_loss_curves
+    from minivae.rundir import read_metrics
+    from minivae.sweep import final_metrics
+    d = copy_run(finished, tmp_path / "run")
+    new = read_metrics(d)
+    text = (d / "metrics.jsonl").read_text()
+    assert "_distortion" in text and "_rec" not in text
+    (d / "metrics.jsonl").write_text(text.replace("_distortion", "_rec"))      # an old run's file
+    assert read_metrics(d) == new
+    assert final_metrics(d)[2]["distortion"] == new[-1]["test_distortion"]
+    assert "distortion" in save_loss_curves(str(tmp_path / "loss.png"), read_metrics(d))
+    rc, out, err = run(["train", "--resume", str(d), "--epochs", "2", *SMALL[-1:]], capsys)
+    assert rc == 0, err
+    rows = read_metrics(d)
+    assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[:2] == new
+    assert all(r["test_distortion"] > 0 and "test_rec" not in r for r in rows)
+    with open(d / "metrics.jsonl", "a") as f:        # a row after the checkpoint: trimmed
+        f.write(json.dumps({**{k.replace("_distortion", "_rec"): v for k, v in rows[-1].items()},
+                            "epoch": 3}) + "\n")
+    rc, out, err = run(["train", "--resume", str(d), "--epochs", "2", *SMALL[-1:]], capsys)
+    assert rc == 0, err
+    assert "_rec" not in (d / "metrics.jsonl").read_text() and read_metrics(d) == rows
+
+
 # ---------------------------------------------------------------------------- 5: memory
 @pytest.mark.parametrize("argv, part", [(["--hidden", "1000000", "--batch-size", "100000"],
                                          "workspace"),
@@ -545,7 +574,8 @@ def test_fuzz_metrics_file(tmp_path, lines, newline, junk, epoch):
     """Any metrics.jsonl: read_metrics and the resume's trim return rows of integer epochs and
     numbers, or raise a one-line MinivaeError naming the file; the trim keeps every row up to
     the checkpoint's epoch and drops only the later ones."""
-    from minivae.train import Trainer, read_metrics
+    from minivae.train import Trainer
+    from minivae.rundir import read_metrics
     d = pathlib.Path(tempfile.mkdtemp(dir=tmp_path))
     raw = ("\n".join(lines) + ("\n" if newline else "")).encode() + junk
     (d / "metrics.jsonl").write_bytes(raw)

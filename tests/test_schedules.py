@@ -19,7 +19,8 @@ from minivae.data import Dataset, make_shapes
 from minivae.errors import MinivaeError
 from minivae.gradcheck import check_gradient
 from minivae.model import VAE
-from minivae.train import Interrupted, TrainConfig, Trainer, load_run, read_metrics
+from minivae.train import Interrupted, TrainConfig, Trainer
+from minivae.rundir import load_run, read_metrics
 
 seeds = st.integers(0, 2**32 - 1)
 EPS64 = np.finfo(np.float64).eps
@@ -28,7 +29,7 @@ EPS64 = np.finfo(np.float64).eps
 def capacity_value(model, x, eps, gamma, C):
     """The capacity loss from the model's public per-example terms (an independent path)."""
     t = model.elbo(x, eps=eps)
-    return float(np.mean(-t.rec) + gamma * abs(np.mean(t.kl) - C))
+    return float(np.mean(t.distortion) + gamma * abs(np.mean(t.kl) - C))
 
 
 def small_model(rng, D, hidden, Z, S, lik, seed):
@@ -102,7 +103,7 @@ def test_capacity_loss_at_the_kink_takes_the_zero_subgradient(seed, gamma):
     def terms_at(theta):                      # (rec, KLbar) along the line, float64
         model.buffer.data[...] = theta
         t = model.elbo(x, eps=eps)
-        return float(np.mean(-t.rec)), float(np.mean(t.kl))
+        return float(np.mean(t.distortion)), float(np.mean(t.kl))
 
     try:
         (rp, kp), (rm, km), (r0, k0) = (terms_at(theta0 + h * u), terms_at(theta0 - h * u),
@@ -137,11 +138,11 @@ def test_forward_backward_routes_the_scheduled_arguments(rng):
     x = (rng.random((5, 6)) < 0.5).astype(np.float64)
     eps = rng.standard_normal((1, 5, 2))
     t = model.forward_backward(x, eps, beta=0.5)
-    assert math.isclose(float(t.loss), float(t.rec + 0.5 * t.kl), rel_tol=1e-14)
+    assert math.isclose(float(t.loss), float(t.distortion + 0.5 * t.kl), rel_tol=1e-14)
     t = model.forward_backward(x, eps, capacity=1.0, gamma=3.0)
-    assert math.isclose(float(t.loss), float(t.rec + 3.0 * abs(t.kl - 1.0)), rel_tol=1e-14)
+    assert math.isclose(float(t.loss), float(t.distortion + 3.0 * abs(t.kl - 1.0)), rel_tol=1e-14)
     t = model.forward_backward(x, eps)
-    assert math.isclose(float(t.loss), float(t.rec + 2.0 * t.kl), rel_tol=1e-14)
+    assert math.isclose(float(t.loss), float(t.distortion + 2.0 * t.kl), rel_tol=1e-14)
 
 
 # ----------------------------------------------------------------------------- the ramps

@@ -20,7 +20,7 @@ from minivae.errors import MinivaeError
 from minivae.estimators import leave_one_out_mean
 from minivae.gradcheck import check_gradient, check_vjp
 from minivae.model import VAE
-from minivae.train import load_run
+from minivae.rundir import load_run
 
 EPS64 = np.finfo(np.float64).eps
 seeds = st.integers(0, 2**32 - 1)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from minivae import cli
-from minivae.train import load_run, read_metrics
+from minivae.rundir import load_run, read_metrics
 
 import mpi_job  # noqa: E402  (its small data set and sweep arguments; importing patches nothing)
 

@@ -21,8 +21,9 @@ from minivae import cli
 from minivae.data import Dataset, make_shapes
 from minivae.errors import MinivaeError
 from minivae.model import VAE
-from minivae.train import (CHECKPOINT, Diverged, Interrupted, TrainConfig, Trainer, evaluate,
-                           load_run, read_metrics)
+from minivae.rundir import CHECKPOINT, load_run, read_metrics
+from minivae.train import Diverged, Interrupted, TrainConfig, Trainer
+from minivae.evaluation import evaluate
 
 _images, _ = make_shapes(360, seed=0)
 _images = _images.reshape(360, -1)

@@ -11,7 +11,8 @@ import numpy as np
 from minivae.backend import make_rng
 from minivae.data import load_dataset
 from minivae.model import VAE
-from minivae.train import TrainConfig, Trainer, evaluate
+from minivae.train import TrainConfig, Trainer
+from minivae.evaluation import evaluate
 
 
 def _marginal_baseline_nll(train, test):

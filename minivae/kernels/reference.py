@@ -100,7 +100,7 @@ def gaussian_nll_grad(mean, x, log_sigma, scale):
 
 
 def gaussian_logvar_nll_grad(out, x, scale, log_var_min, sigmoid_mean):
-    """Kingma & Welling's head (minivae.likelihoods.GaussianPerExample): out (S, B, 2D) = [a | r],
+    """Kingma & Welling's head (minivae.decoders.GaussianPerExample): out (S, B, 2D) = [a | r],
     m = a or sigmoid(a), v = logaddexp(r, log_var_min) (r itself when log_var_min = -inf).
     Returns nll (S, B) and dout (S, B, 2D) = scale * d nll / d out; scale: a number or (S, B, 1)."""
     xp = get_array_module(out)

@@ -1,4 +1,7 @@
-"""Importance-sampled log-likelihood of a trained VAE.
+"""What a trained VAE is measured by: the held-out ELBO, the importance-sampled log p(x), the
+active units, and the 8-bit scale papers report continuous densities on.
+
+    ELBO(x)  = -(distortion + KL),  distortion = -E_q log p(x|z)       (evaluate: means over x)
 
     log p(x) = log E_{q(z|x)}[ p(x, z) / q(z|x) ]  ~  logsumexp_k log w_k - log K,
     log w_k  = log p(x | z_k) + log p(z_k) - log q(z_k | x),    z_k ~ q(z|x),  k = 1..K
@@ -19,6 +22,28 @@ from .objectives import log_weights
 
 def _positive_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+def evaluate(model, x, rng, batch=1000, samples=1):
+    """Held-out means over x (N, D), in nats per example: loss (distortion + beta KL, the model's
+    training objective with its beta), distortion (-E_q log p(x|z), by ``samples`` draws per
+    example), kl and elbo = -(distortion + kl).  Noise from rng; batched to bound memory."""
+    if not _positive_int(batch):
+        raise MinivaeError(f"batch must be a positive integer, got {batch!r}")
+    if not hasattr(x, "shape") or len(x) < 1:
+        raise MinivaeError(f"x must be an array of at least one example, got "
+                           f"{getattr(x, 'shape', type(x).__name__)}")
+    xp = model.xp
+    tot = xp.zeros(2, dtype=np.float64)   # summed on the device; read back once at the end
+    for i in range(0, len(x), batch):
+        xb = to_device(x[i:i + batch], xp, model.dtype)
+        t = model.elbo(xb, rng=rng, samples=samples)
+        tot[0] += xp.sum(t.distortion)
+        tot[1] += xp.sum(t.kl)
+    n = len(x)
+    distortion, kl = (float(v) / n for v in to_host(tot))
+    return {"loss": distortion + model.beta * kl, "distortion": distortion, "kl": kl,
+            "elbo": -(distortion + kl)}
 
 
 def _check_k(k):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from minivae.errors import MinivaeError
-from minivae.likelihood import active_units, importance_log_likelihood
+from minivae.evaluation import active_units, importance_log_likelihood
 from minivae.linear_gaussian import Gaussian, LinearGaussian
 from minivae.model import VAE
 
