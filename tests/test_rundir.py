@@ -498,6 +498,35 @@ def test_a_run_of_an_older_version_resumes_under_the_new_metric_names(tmp_path, 
     assert "_rec" not in (d / "metrics.jsonl").read_text() and read_metrics(d) == rows
 
 
+
+OLD_RUN = pathlib.Path(__file__).parent / "data" / "run-v0.1.0"
+# what `minivae eval RUN --json` printed for it with the version that wrote it (0.1.0, commit
+# 9447f27): rounded to 4 decimals; its "rec" is today's "distortion"
+OLD_EVAL = {"loss": 726.3034, "rec": 726.2505, "kl": 0.0529, "elbo": -726.3034}
+
+
+def test_a_run_directory_written_by_version_0_1_0_loads_evaluates_and_resumes(tmp_path, capsys):
+    """tests/data/run-v0.1.0: a one-epoch run (300 shapes, 1024-8-2) as version 0.1.0 wrote it,
+    metrics under the old name *_rec.  It evaluates to what 0.1.0 printed, within the printed
+    rounding (5e-5) plus float32 round-off of a sum of D = 1024 terms (about sqrt(D) eps32 =
+    2e-6 relative; allowed 8 times that), and resumes for a second epoch."""
+    d = copy_run(OLD_RUN, tmp_path / "run")
+    rc, out, err = run(["eval", str(d), "--json"], capsys)
+    assert rc == 0, err
+    res = json.loads(out.strip().splitlines()[0])
+    for new_key, old_key in (("loss", "loss"), ("distortion", "rec"), ("kl", "kl"),
+                             ("elbo", "elbo")):
+        tol = 5e-5 + 8 * 2e-6 * abs(OLD_EVAL[old_key])
+        assert abs(res[new_key] - OLD_EVAL[old_key]) <= tol, (new_key, res[new_key])
+    rc, out, err = run(["train", "--resume", str(d), "--epochs", "2", "--no-progress"], capsys)
+    assert rc == 0, err
+    from minivae.rundir import read_metrics
+    rows = read_metrics(d)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert all("test_distortion" in r and "test_rec" not in r for r in rows)
+    assert rows[2]["test_elbo"] > rows[0]["test_elbo"]
+
+
 # ---------------------------------------------------------------------------- 5: memory
 @pytest.mark.parametrize("argv, part", [(["--hidden", "1000000", "--batch-size", "100000"],
                                          "workspace"),
