@@ -491,10 +491,8 @@ def _cmd_train(args, held, comm=None):
                       argv=sys.argv[1:])
         if comm is not None:
             config["mpi_ranks"] = comm.size
-        from .checkpoint import atomic_write
         if root:
-            atomic_write(os.path.join(run_dir, "config.json"),
-                         lambda f: f.write(json.dumps(config, indent=2).encode()))
+            rundir.write_config(run_dir, config)
         ranks = (f" on {comm.size} MPI rank{'s' if comm.size > 1 else ''}"
                  if comm is not None else "")
         log(f"{model} on {data.name} ({len(data.train)} training images){ranks} -> {run_dir}")
@@ -706,26 +704,13 @@ def _eight_bit_terms(model, x, res):
 
 
 def _record_eval(run, res):
-    """Write res as RUN/evals/<time>-<split>[-iwaeK].json (atomic; a second evaluation in the
-    same second gets -2, -3, ...); returns the path, or None (with a warning) if the run
-    directory cannot be written."""
-    from .checkpoint import atomic_write
-    run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
-    folder = os.path.join(run_dir, "evals")
-    stem = (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{res['split']}"
-            + (f"-iwae{res['iwae_k']}" if res.get("iwae_k") else ""))
+    """rundir.record_eval, or None with a warning when the run directory cannot be written."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        path, i = os.path.join(folder, stem + ".json"), 1
-        while os.path.exists(path):
-            i += 1
-            path = os.path.join(folder, f"{stem}-{i}.json")
-        atomic_write(path, lambda f: f.write((json.dumps(res, indent=1) + "\n").encode()))
+        return rundir.record_eval(run, res)
     except (OSError, MinivaeError) as e:
-        print(f"minivae: warning: the evaluation was not recorded in {folder} ({e})",
+        print(f"minivae: warning: the evaluation was not recorded in {run} ({e})",
               file=sys.stderr)
         return None
-    return path
 
 
 def _load_for_device(run, device):

@@ -2,14 +2,16 @@
 that keeps two runs out of one directory.
 
 The files
-    config.json        the resolved model and training configuration (written once, atomically)
+    config.json        the resolved model and training configuration, for people (written once,
+                       atomically: write_config; resuming reads the checkpoint's meta instead)
     metrics.jsonl      one JSON object per epoch (epoch 0: before training): train and held-out
                        loss, distortion -E_q log p(x|z) and KL (nats per example), wall time;
                        read_metrics, append_metrics, trim_metrics
     checkpoint.npz     the latest checkpoint (atomic, pickle-free: checkpoint.py), with a meta
                        record; check_meta validates it field by field, expected_arrays gives
                        every array's name, shape and dtype from it, load_run builds the model
-    evals/, *.png      what ``minivae eval`` recorded; figures (plots.py)
+    evals/             one JSON file per ``minivae eval`` (record_eval)
+    *.png              figures (plots.py)
 
 A Trainer writes these (train.py); everything that reads them goes through this module.  Runs
 written by older versions load: optional model keys take their old defaults (OPTIONAL_MODEL_KEYS)
@@ -60,6 +62,8 @@ from .philox import Philox
 
 CHECKPOINT = "checkpoint.npz"
 METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+EVALS = "evals"
 
 LOCK = ".minivae.lock"
 TEMPORARY = re.compile(r"\.tmp-[A-Za-z0-9_]{8}(checkpoint\.npz|metrics\.jsonl|config\.json)\Z")
@@ -476,6 +480,33 @@ def load_run(path, device=None):
     checkpoint.check_against(ck, params, opt, model)
     model.buffer.data[...] = to_device(params, model.xp)
     return model, meta, opt, extra
+
+
+
+def write_config(run_dir, config):
+    """config.json: the run's resolved configuration, for people (nothing reads it back: the
+    checkpoint's meta record is what resuming uses), written atomically."""
+    text = json.dumps(config, indent=2).encode()
+    checkpoint.atomic_write(os.path.join(run_dir, CONFIG), lambda f: f.write(text))
+
+
+
+def record_eval(run, res):
+    """Write the evaluation res (a dict with 'split', maybe 'iwae_k') as
+    RUN/evals/<UTC time>-<split>[-iwaeK].json, atomically; a second evaluation in the same
+    second gets -2, -3, ...  run: a run directory or its checkpoint file.  Returns the path."""
+    run_dir = run if os.path.isdir(run) else os.path.dirname(os.path.abspath(run))
+    folder = os.path.join(run_dir, EVALS)
+    stem = (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{res['split']}"
+            + (f"-iwae{res['iwae_k']}" if res.get("iwae_k") else ""))
+    os.makedirs(folder, exist_ok=True)
+    path, i = os.path.join(folder, stem + ".json"), 1
+    while os.path.exists(path):
+        i += 1
+        path = os.path.join(folder, f"{stem}-{i}.json")
+    text = (json.dumps(res, indent=1) + "\n").encode()
+    checkpoint.atomic_write(path, lambda f: f.write(text))
+    return path
 
 
 MAX_METRICS_BYTES = 64 << 20        # a metrics.jsonl larger than this is no minivae run's

@@ -116,6 +116,22 @@ def test_eval_is_recorded_in_the_run_directory(grey_run, capsys):
     assert "bits/dim" in text
 
 
+def test_an_eval_that_cannot_be_recorded_still_prints_with_a_warning(grey_run, tmp_path, capsys):
+    """A run directory whose evals/ cannot be made (a file is in its place): the result is
+    printed, exit 0, and one warning line says it was not recorded; nothing else is touched."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(grey_run[0] / "run", run)
+    shutil.rmtree(run / "evals", ignore_errors=True)
+    (run / "evals").write_text("not a folder")
+    assert cli.main(["eval", str(run), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert "elbo" in json.loads(out.splitlines()[-1])
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "was not recorded in" in warning[0] and str(run) in warning[0]
+    assert (run / "evals").read_text() == "not a folder"
+
+
 def test_bernoulli_runs_have_no_8bit_terms(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 4)))
     assert cli.main(["train", "--dataset", str(tmp_path / "x.npy"), *SMALL, "--epochs", "1",
