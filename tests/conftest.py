@@ -1,5 +1,9 @@
 """Shared test configuration: hypothesis profiles (HYPOTHESIS_PROFILE=ci, or CI=true), fixtures."""
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 # One BLAS thread for the tests: their matrices are tiny, and on a shared 2-core machine
 # OpenBLAS's spinning threads made small GEMMs 10-30x slower under load.  Set before NumPy loads.
@@ -9,6 +13,10 @@ import numpy as np  # noqa: E402
 import pytest
 from hypothesis import HealthCheck, settings
 
+ROOT = Path(__file__).resolve().parent.parent
+# the claims' commands and their package import as `derivation`, `claims.harness`, ... (scripts/)
+sys.path.insert(0, str(ROOT / "scripts"))
+
 # deadline off: the first Numba call compiles, and the machine is shared.
 # print_blob: a failure prints the @reproduce_failure blob, so it can be replayed exactly.
 settings.register_profile("default", deadline=None, max_examples=40, print_blob=True)
@@ -17,6 +25,22 @@ settings.register_profile("ci", deadline=None, max_examples=100, derandomize=Tru
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 _default_profile = "ci" if os.environ.get("CI", "").lower() == "true" else "default"
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", _default_profile))
+
+
+@pytest.fixture(scope="module")
+def quick_run(request, tmp_path_factory):
+    """The claims command a test module names (QUICK_RUN = (script, record), e.g.
+    ("derivation.py", "claims.json")) run as a command line with --quick in a fresh process (one
+    BLAS thread, as the package sets when run: NumPy is already loaded here, and threadpoolctl
+    may not be installed): (the finished process, its --out folder, the record it wrote)."""
+    script, record = request.module.QUICK_RUN
+    out = tmp_path_factory.mktemp(Path(script).stem)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), "--quick", "--out",
+                           str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert (out / record).is_file(), f"{script} wrote no {record}:\n{proc.stderr[-2000:]}"
+    with open(out / record) as f:
+        return proc, out, json.load(f)
 
 
 @pytest.fixture

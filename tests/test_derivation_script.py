@@ -1,45 +1,19 @@
 """scripts/derivation.py: the quick run verifies every claim C1-C12 (and the IWAE line), writes
 claims.json and the figures, and exits 0; a claim whose mathematics is broken is reported NOT
 verified and makes the exit status 1 (so the checks can fail)."""
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+import derivation                                   # scripts/derivation.py (tests/conftest.py)
+from claims import harness
 from minivae import estimators
 from minivae.linear_gaussian import LinearGaussian
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_RUN = ("derivation.py", "claims.json")        # the quick_run fixture (tests/conftest.py)
 FIGURES = ("variance_vs_n", "elbo_gap", "iwae_vs_k", "rate_distortion", "estimator_variance",
            "finite_difference")
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "derivation", os.path.join(ROOT, "scripts", "derivation.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-derivation = _load()
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """The command line itself, in a fresh process (one BLAS thread, as the script sets when
-    run: NumPy is already loaded here, and threadpoolctl may not be installed)."""
-    out = tmp_path_factory.mktemp("derivation")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "derivation.py"),
-                           "--quick", "--out", str(out)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    with open(out / "claims.json") as f:
-        return proc, out, json.load(f)
 
 
 def test_quick_run_verifies_every_claim(quick_run):
@@ -67,8 +41,9 @@ def test_quick_run_writes_the_figures_and_strict_json(quick_run):
 
 
 def test_table_has_one_row_per_claim():
-    claims = [derivation.Claim(cid, cid != "C3", "a " * 60, {"x": 1}) for cid in derivation.ORDER]
-    lines = derivation.table(claims).splitlines()
+    claims = [harness.Result(cid, derivation.CLAIMS[cid].statement, cid != "C3", "a " * 60,
+                             {"x": 1}) for cid in derivation.ORDER]
+    lines = harness.table(claims).splitlines()
     rows = [line.split() for line in lines[2:] if line[:5].strip()]
     assert [r[0] for r in rows] == derivation.ORDER
     expect = ["NOT" if cid == "C3" else "verified" for cid in derivation.ORDER]
@@ -112,7 +87,7 @@ def test_a_crashing_claim_is_not_verified_and_the_table_still_prints(tmp_path, m
     def crash(ctx):
         raise ValueError("boom")
 
-    monkeypatch.setitem(derivation.CLAIMS, "C4", crash)
+    monkeypatch.setattr(derivation.CLAIMS["C4"], "check", crash)
     code = derivation.main(["--quick", "--only", "C4,C6", "--out", str(tmp_path)])
     with open(tmp_path / "claims.json") as f:
         record = json.load(f)

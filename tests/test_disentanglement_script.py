@@ -1,38 +1,13 @@
 """scripts/disentanglement.py: the --quick run in a fresh process writes the JSON, the table and
 the figures, and its verdicts are those of the stated checks recomputed here from the per-seed
 numbers; the checks themselves on synthetic results whose verdict is known (so they can fail)."""
-import importlib.util
-import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from claims import disentanglement as dis           # scripts/claims/ (tests/conftest.py)
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "disentanglement", os.path.join(ROOT, "scripts", "disentanglement.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dis = _load()
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dis")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "disentanglement.py"),
-                           "--quick", "--out", str(out)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    with open(out / "disentanglement.json") as f:
-        return proc, out, json.load(f)
+QUICK_RUN = ("disentanglement.py", "disentanglement.json")      # the quick_run fixture
 
 
 def test_quick_run_reports_every_claim_and_its_exit_status(quick_run):

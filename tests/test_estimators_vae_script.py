@@ -1,44 +1,18 @@
 """scripts/estimators_vae.py: the --quick run states E1-E5 with verdicts and numbers, writes
 claims.json and its figures, and exits 0 exactly when every claim is verified; E1-E3 (the two
 estimators on a real encoder) are verified; a biased score breaks E1 (so the check can fail)."""
-import importlib.util
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
+from claims import estimators_vae as study          # scripts/claims/ (tests/conftest.py)
 from minivae import objectives
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location(
-        "estimators_vae", os.path.join(ROOT, "scripts", "estimators_vae.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _load()
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("estimators_vae")
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "estimators_vae.py"),
-                           "--quick", "--out", str(out)], capture_output=True, text=True,
-                          env=env, timeout=300)
-    with open(out / "claims.json") as f:
-        return proc, out, json.load(f)
+QUICK_RUN = ("estimators_vae.py", "claims.json")    # the quick_run fixture (tests/conftest.py)
+ORDER = [c.id for c in study.CLAIMS]
 
 
 def test_quick_run_states_every_claim_and_verifies_e1_to_e3(quick_run):
     proc, out, record = quick_run
-    assert [c["id"] for c in record["claims"]] == study.ORDER == ["E1", "E2", "E3", "E4", "E5"]
+    assert [c["id"] for c in record["claims"]] == ORDER == ["E1", "E2", "E3", "E4", "E5"]
     for c in record["claims"]:
         assert c["summary"] and c["numbers"] and "error" not in c["numbers"], c
     verified = {c["id"]: c["verified"] for c in record["claims"]}
@@ -47,7 +21,7 @@ def test_quick_run_states_every_claim_and_verifies_e1_to_e3(quick_run):
     assert proc.returncode == (0 if record["all_verified"] else 1), proc.stderr[-2000:]
     rows = [line.split()[:2] for line in proc.stdout.splitlines()
             if line.split() and line.split()[0] in verified]
-    assert [r[0] for r in rows] == study.ORDER
+    assert [r[0] for r in rows] == ORDER
     assert all(r[1] == ("verified" if verified[r[0]] else "NOT") for r in rows)
     e2 = record["claims"][1]["numbers"]
     assert e2["smallest_lower_bound"] > 1
