@@ -371,7 +371,7 @@ class VAE:
         return self.decode(z)
 
     def elbo(self, x, eps=None, rng=None, samples=None):
-        """Per-example ELBO terms (B,), with S samples for the reconstruction term."""
+        """Per-example ELBO terms (B,), with S samples for the distortion -E_q log p(x|z)."""
         x = self.check_data(x)
         eps = self._noise(x.shape[0], eps, rng, samples)
         S, B, Z = eps.shape

@@ -9,7 +9,7 @@ its own run directory that ``minivae eval`` / ``sample`` / ``train --resume`` re
 same sweep command again continues it: a finished run (its last metric row at the final epoch)
 is kept, an interrupted one (a checkpoint) is resumed, a missing one is started.  When every run
 is done, rank 0 writes OUT/summary.json, OUT/summary.md (one row per beta: the final held-out
-ELBO, reconstruction term and KL, mean and standard deviation over the seeds) and
+ELBO, distortion and KL, mean and standard deviation over the seeds) and
 OUT/summary.png.
 """
 import json
