@@ -21,6 +21,6 @@ from .errors import MinivaeError
 from .gradcheck import check_gradient, check_vjp
 from .model import ELBO, VAE
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = ["VAE", "ELBO", "MinivaeError", "gradcheck", "check_vjp", "check_gradient",
            "__version__"]

@@ -53,6 +53,12 @@ def test_version(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"minivae {__version__}"
 
 
+def test_the_installed_version_is_the_packages():
+    """setup.cfg reads the version from minivae.__version__: the metadata pip installed agrees."""
+    from importlib.metadata import version
+    assert version("minivae") == __version__
+
+
 @pytest.fixture(scope="module")
 def grey_run(tmp_path_factory):
     """A 2-epoch Gaussian run on a small grey .npy, trained by `python -m minivae` with stderr
