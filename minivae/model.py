@@ -15,6 +15,7 @@ import numpy as np
 
 from . import distributions as dist
 from . import objectives
+from . import threads
 from .backend import array_module, resolve_device, resolve_dtype
 from .conv import ConvArch, Conv2d, ConvTranspose2d
 from .errors import MinivaeError
@@ -155,6 +156,8 @@ class VAE:
             raise MinivaeError(f"arch must be 'mlp' or 'conv', got {arch!r}")
         self.dtype = resolve_dtype(dtype)
         self.xp = array_module(self.config["device"])
+        if self.xp is np:
+            threads.ensure()        # the BLAS thread count, once per process (minivae.threads)
         self.likelihood = make_likelihood(likelihood, sigma, learn_sigma, gaussian_mean,
                                           sigma_min)
         self.data_dim, self.latent_dim, self.hidden = data_dim, latent_dim, hidden

@@ -1,0 +1,144 @@
+"""How many threads the CPU's BLAS uses: decided once per process, never where the user decided.
+
+Why.  NumPy's OpenBLAS splits every GEMM over all cores and its threads spin while they wait.
+On an idle machine that is the fastest choice.  With other busy processes on the same cores it
+collapses: a GEMM split in two waits for whichever half the scheduler has put aside, and the
+waiting thread spins its time away (measured on 2 cores with two busy processes beside it: a
+784-400-20 step went from 3.4 ms to 45 ms with 2 BLAS threads, to 9 ms with 1).
+
+Policy (``auto``, the default).  When the user has set none of the variables that fix a BLAS
+thread count (``USER_VARS``: OPENBLAS_NUM_THREADS, OMP_NUM_THREADS, MKL_NUM_THREADS, ...,
+and MINIVAE_THREADS), the first CPU model made (``ensure()``, called by ``minivae.VAE``)
+measures how busy the cores were over ``WINDOW_S`` seconds (``/proc/stat``; elsewhere the
+1-minute load average) and sets the BLAS thread count, through threadpoolctl, to
+
+    cores                     when the other processes keep less than half a core busy,
+    cores - busy (rounded)    otherwise, at least 1.
+
+It is decided once, at start-up, and not changed during the run: OpenBLAS's result for a GEMM
+can depend on its thread count in the last bit (its blocking of the inner dimension), so a
+thread count that followed the load would make training irreproducible.  A run started on an
+idle machine and one started under load can therefore differ in the last bits; set
+OPENBLAS_NUM_THREADS yourself for runs that must agree bit for bit across such starts.
+
+Whatever the user set is left alone: with any of ``USER_VARS`` in the environment this module
+changes nothing (``describe()`` says so).  ``MINIVAE_THREADS=N`` fixes minivae's choice to N
+BLAS threads; ``MINIVAE_THREADS=auto`` (or unset) is the policy above.  The Numba kernels are
+serial (see ``minivae.kernels.numba_cpu``), so there is no Numba thread count to choose.
+"""
+import os
+import time
+
+from .errors import MinivaeError
+
+# variables through which a user fixes a BLAS / OpenMP thread count (OpenBLAS reads the first
+# three in this order); minivae changes nothing when any is set
+USER_VARS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+             "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS")
+WINDOW_S = 0.1          # how long the start-up measurement of the other processes' load takes
+BUSY_THRESHOLD = 0.5    # cores kept busy by others above which minivae leaves cores to them
+
+_state = None           # the decision, made once: a dict (see describe())
+
+
+def _user_setting():
+    """{name: value} of the USER_VARS set in the environment (empty values count as unset)."""
+    return {k: os.environ[k] for k in USER_VARS if os.environ.get(k, "").strip()}
+
+
+def _cpu_times():
+    """(busy, total) jiffies of all CPUs from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    v = [int(x) for x in fields[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)             # idle + iowait
+    total = sum(v[:8])                                     # guest time is already in user
+    return total - idle, total
+
+
+def _self_jiffies():
+    """This process's user + system time in jiffies (all its threads)."""
+    t = os.times()
+    return (t.user + t.system) * os.sysconf("SC_CLK_TCK")
+
+
+def others_busy(window_s=WINDOW_S):
+    """Cores kept busy by other processes, measured over window_s seconds (this process sleeps
+    meanwhile), or the 1-minute load average where /proc/stat is missing."""
+    a = _cpu_times()
+    if a is None:
+        try:
+            return float(os.getloadavg()[0]), "loadavg"
+        except OSError:
+            return 0.0, "none"
+    s0 = _self_jiffies()
+    t0 = time.perf_counter()
+    time.sleep(window_s)
+    b = _cpu_times()
+    s1 = _self_jiffies()
+    dt = time.perf_counter() - t0
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = (b[0] - a[0]) - (s1 - s0)
+    return max(0.0, busy / (hz * dt)), "/proc/stat"
+
+
+def choose(cores, busy):
+    """The policy: BLAS threads for `cores` cores when others keep `busy` cores busy."""
+    if busy < BUSY_THRESHOLD:
+        return cores
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
+def _blas():
+    from threadpoolctl import ThreadpoolController
+    return ThreadpoolController().select(user_api="blas")
+
+
+def ensure():
+    """Apply the policy once per process (later calls return the decision); see the module
+    docstring.  Returns describe()."""
+    global _state
+    if _state is not None:
+        return dict(_state)
+    user = _user_setting()
+    mine = os.environ.get("MINIVAE_THREADS", "").strip().lower()
+    cores = os.cpu_count() or 1
+    if user:
+        _state = dict(policy="user", user_vars=user, blas_threads=None,
+                      reason="set by the user; minivae changes nothing")
+        return dict(_state)
+    if mine and mine != "auto":
+        try:
+            n = int(mine)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise MinivaeError(f"MINIVAE_THREADS must be a positive integer or 'auto', got "
+                               f"{os.environ['MINIVAE_THREADS']!r}")
+        _state = dict(policy="fixed", blas_threads=n, reason="MINIVAE_THREADS")
+    else:
+        busy, source = others_busy()
+        n = choose(cores, busy)
+        _state = dict(policy="auto", blas_threads=n, cores=cores, others_busy=round(busy, 2),
+                      measured_by=source, reason="idle" if n == cores else "cores busy")
+    try:
+        _blas().limit(limits=n)
+    except Exception as e:             # no threadpoolctl, no BLAS it knows: leave BLAS alone
+        _state.update(blas_threads=None, reason=f"not applied ({type(e).__name__}: {e})")
+    return dict(_state)
+
+
+def describe():
+    """The decision (None before ensure()), and the BLAS libraries' thread counts now."""
+    out = dict(decision=None if _state is None else dict(_state))
+    try:
+        out["blas"] = [{k: d.get(k) for k in ("internal_api", "num_threads", "architecture")}
+                       for d in _blas().info()]
+    except Exception as e:
+        out["blas"] = f"unknown ({type(e).__name__})"
+    return out
