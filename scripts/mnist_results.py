@@ -14,8 +14,8 @@ sampled log p(x) at the end.  Architectures:
         --schedule iwae --epochs 30 --seeds 0 --final-iwae 5000
 
 The convolutional VAE (``--channels``: minivae.conv.ConvArch; --arch then gives the dense
-widths between the convolutions and the latent), beside ../shared/bench/torch_conv_vae.py
-(same architecture, same initial weights):
+widths between the convolutions and the latent), beside scripts/peers/torch_conv_vae.py
+(same architecture, same initial weights; run with the peers' venv of ../shared/bench):
 
     python scripts/mnist_results.py --channels 16,32 --arch 784-256-20 --epochs 10 --seeds 0 --peer
 
@@ -91,8 +91,9 @@ def run_peer(args, seed):
     py = os.path.join(BENCH, ".venv", "bin", "python")
     if not os.path.exists(py):
         raise SystemExit(f"the peer needs its venv: bash {BENCH}/setup.sh")
-    script = "torch_conv_vae.py" if args.channels else "torch_vae.py"
-    cmd = [py, os.path.join(BENCH, script), "--data", "mnist", "--data-dir",
+    script = (os.path.join(HERE, "peers", "torch_conv_vae.py") if args.channels
+              else os.path.join(BENCH, "torch_vae.py"))
+    cmd = [py, script, "--data", "mnist", "--data-dir",
            args.data_dir, "--epochs", str(args.epochs), "--batch", str(args.batch),
            "--arch", args.arch, "--act", args.act, "--seed", str(seed), "--threads",
            str(args.peer_threads), "--eval-each-epoch"]
@@ -102,7 +103,8 @@ def run_peer(args, seed):
     else:
         cmd += ["--eval-iwae", str(args.iwae_k), "--iwae-n", str(args.iwae_n)]
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    env = dict(os.environ, PYTHONPATH=BENCH)      # the conv peer imports the peers' vaecommon
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     res["seed"] = seed
