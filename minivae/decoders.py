@@ -58,6 +58,7 @@ class Bernoulli:
 
     name = "bernoulli"
     needs_unit_interval = True
+    takes_bias = True       # nll/nll_and_grad add the decoder's last bias in their kernel
 
     def out_features(self, data_dim):
         return data_dim
@@ -68,20 +69,21 @@ class Bernoulli:
     def bind(self, buffer):
         pass
 
-    def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None):
+    def nll_and_grad(self, out, x, scale, nll=None, grad=None, db=None, bias=None):
         """(nll (S, B), dout, db_written), in one fused pass.  nll (S, B) and grad (S, B, D),
         when given, are workspaces written instead of allocating; db (D,), when given, receives
-        the gradient summed over (S, B): the last decoder bias's gradient."""
+        the gradient summed over (S, B): the last decoder bias's gradient.  bias (D,), when
+        given: the logits are out + bias (the decoder's output before its last bias)."""
         if not _is_number(scale):                    # per-example weights (S, B, 1)
-            nll, dout = kernels.bernoulli_nll_grad(out, x, 1.0)
+            nll, dout = kernels.bernoulli_nll_grad(out, x, 1.0, bias=bias)
             dout *= scale
             return nll, dout, False
         bufs = None if nll is None or grad is None else (nll, grad)
-        nll, dout = kernels.bernoulli_nll_grad(out, x, scale, out=bufs, db=db)
+        nll, dout = kernels.bernoulli_nll_grad(out, x, scale, out=bufs, db=db, bias=bias)
         return nll, dout, db is not None
 
-    def nll(self, out, x, nll=None):
-        return kernels.bernoulli_nll(out, x, out=nll)
+    def nll(self, out, x, nll=None, bias=None):
+        return kernels.bernoulli_nll(out, x, out=nll, bias=bias)
 
     def mean(self, out):
         return dist.sigmoid(out)

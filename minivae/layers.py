@@ -184,8 +184,16 @@ class FusedMLP:
         self.g = [None] * len(self.linears)
         self._x = None
 
-    def forward(self, x):
-        """x (N, Din) -> the last layer's output (N, Dout), a buffer of this plan."""
+    @property
+    def last_bias(self):
+        """The last layer's bias b (Dout,), for a consumer that adds it itself (forward with
+        add_last_bias=False)."""
+        return self.linears[-1].b
+
+    def forward(self, x, add_last_bias=True):
+        """x (N, Din) -> the last layer's output (N, Dout), a buffer of this plan.
+        add_last_bias=False: the last layer's h @ W without its bias (the Bernoulli likelihood's
+        kernel adds last_bias as it reads the logits, saving a pass over the output)."""
         xp, last = self.xp, len(self.linears) - 1
         self._x = x
         inp = x
@@ -196,7 +204,8 @@ class FusedMLP:
                 kernels.bias_act_forward(self.acts[i], self.pre[i], L.b, out=h)
             else:
                 xp.matmul(inp, L.W, out=h)
-                kernels.bias_add(h, L.b, out=h)
+                if add_last_bias:
+                    kernels.bias_add(h, L.b, out=h)
             inp = h
         return inp
 

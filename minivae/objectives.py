@@ -38,20 +38,30 @@ Terms.__doc__ = """Batch means, in nats per example: loss (the objective), disto
 The ELBO is -(distortion + kl); the beta-ELBO loss distortion + beta kl."""
 
 
-Forward = namedtuple("Forward", "ws enc dec mu logvar z std kl out")
+Forward = namedtuple("Forward", "ws enc dec mu logvar z std kl out nll_kw")
 
 
 def _forward(model, x, eps):
     """The pass every objective starts with, on the model's workspaces:
-        x -> encoder -> (mu, logvar) -> z = mu + std * eps, KL -> decoder -> out (S, B, D)."""
+        x -> encoder -> (mu, logvar) -> z = mu + std * eps, KL -> decoder -> out (S, B, D).
+
+    A likelihood that adds the decoder's last bias inside its own kernel (``takes_bias``: the
+    Bernoulli's, on an MLP decoder) gets out before that bias, which saves a pass over the
+    (S B, D) output; ``nll_kw`` is then the keyword {bias: b} to pass to its nll and
+    nll_and_grad (else {}), so that they see the logits out + b."""
     S, B, Z = eps.shape
     ws = model._step_buffers(S, B)
     enc, dec = model._plan("enc", B), model._plan("dec", S * B)
     head = enc.forward(x)
     mu, logvar = head[:, :Z], head[:, Z:]
     z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
-    out = dec.forward(z.reshape(S * B, Z)).reshape(S, B, -1)
-    return Forward(ws, enc, dec, mu, logvar, z, std, kl, out)
+    if getattr(model.likelihood, "takes_bias", False) and hasattr(dec, "last_bias"):
+        out = dec.forward(z.reshape(S * B, Z), add_last_bias=False).reshape(S, B, -1)
+        nll_kw = {"bias": dec.last_bias}
+    else:
+        out = dec.forward(z.reshape(S * B, Z)).reshape(S, B, -1)
+        nll_kw = {}
+    return Forward(ws, enc, dec, mu, logvar, z, std, kl, out, nll_kw)
 
 
 def _reconstruction_backward(model, x, eps):
@@ -62,7 +72,7 @@ def _reconstruction_backward(model, x, eps):
     S, B, Z = eps.shape
     f = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(f.out, x, 1.0 / (S * B), nll=f.ws.nll,
-                                                       grad=f.ws.dout, db=f.dec.out_db)
+                                                       grad=f.ws.dout, db=f.dec.out_db, **f.nll_kw)
     distortion = xp.mean(nll)                    # mean over samples and batch
     dz = f.dec.backward(dout.reshape(S * B, -1), db_done).reshape(S, B, Z)
     return f, distortion, dz
@@ -174,9 +184,9 @@ def score_elbo_loss(model, x, eps, beta, baseline="none"):
     xp = get_array_module(x)
     S, B, Z = eps.shape
     dt = eps.dtype.type
-    ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
+    ws, enc, dec, mu, logvar, z, std, kl, out, nll_kw = _forward(model, x, eps)
     nll, dout, db_done = model.likelihood.nll_and_grad(out, x, 1.0 / (S * B), nll=ws.nll,
-                                                       grad=ws.dout, db=dec.out_db)
+                                                       grad=ws.dout, db=dec.out_db, **nll_kw)
     distortion = xp.mean(nll)
     kl_mean = xp.mean(kl)
     loss = distortion + kl_mean * dt(beta)
@@ -196,14 +206,15 @@ def log_weights(model, x, eps):
     """Importance log-weights log w_sb = log p(x_b, z_sb) - log q(z_sb | x_b): (S, B).
 
     Forward only; also returns what the IWAE backward needs (mu, logvar, z, std, out, kl): views
-    of the model's workspaces, valid until its next pass with the same sizes.
+    of the model's workspaces, valid until its next pass with the same sizes (out: the
+    decoder's output, for a Bernoulli MLP decoder before its last bias; see _forward).
     """
-    ws, _, _, mu, logvar, z, std, kl, out = _forward(model, x, eps)
-    return _log_w(model, out, x, z, eps, logvar, ws), (mu, logvar, z, std, out, kl)
+    ws, _, _, mu, logvar, z, std, kl, out, nll_kw = _forward(model, x, eps)
+    return _log_w(model, out, x, z, eps, logvar, ws, nll_kw), (mu, logvar, z, std, out, kl)
 
 
-def _log_w(model, out, x, z, eps, logvar, ws=None):
-    nll = model.likelihood.nll(out, x, nll=None if ws is None else ws.nll)
+def _log_w(model, out, x, z, eps, logvar, ws=None, nll_kw=None):
+    nll = model.likelihood.nll(out, x, nll=None if ws is None else ws.nll, **(nll_kw or {}))
     half = z.dtype.type(0.5)
     xp = get_array_module(z)
     return -nll - half * xp.sum(z * z - eps * eps - logvar, axis=-1)
@@ -231,9 +242,9 @@ def iwae_loss(model, x, eps):
     """
     xp = get_array_module(x)
     S, B, Z = eps.shape
-    ws, enc, dec, mu, logvar, z, std, kl, out = _forward(model, x, eps)
+    ws, enc, dec, mu, logvar, z, std, kl, out, nll_kw = _forward(model, x, eps)
     lik = model.likelihood
-    logw = _log_w(model, out, x, z, eps, logvar, ws)                        # (S, B)
+    logw = _log_w(model, out, x, z, eps, logvar, ws, nll_kw)                # (S, B)
     nll = ws.nll                                                            # written by _log_w
 
     m = xp.max(logw, axis=0, keepdims=True)
@@ -244,7 +255,7 @@ def iwae_loss(model, x, eps):
     loss = -xp.mean(bound)
 
     c = wt * z.dtype.type(1.0 / B)                                          # (S, B)
-    _, dout, _ = lik.nll_and_grad(out, x, c[..., None])   # also weights a learned log sigma
+    _, dout, _ = lik.nll_and_grad(out, x, c[..., None], **nll_kw)  # also weights a learned log sigma
     dz = dec.backward(dout.reshape(S * B, -1)).reshape(S, B, Z)
     dz += c[..., None] * z
     dmu, dlogvar = kernels.reparam_kl_backward(dz, eps, std, mu, logvar, 0.0,

@@ -94,6 +94,18 @@ def test_bernoulli_kernels_return_both_outputs(gpu, dt):
     assert g2 is L
     close(nll2, nll_r, *tol(dt))
     close(L, g_r, *tol(dt))
+    # the decoder's last bias added inside the kernels: logits = h + bias
+    bias = (rng.standard_normal(50) * 2).astype(dt)
+    h = logits - bias
+    nll_rb, g_rb = reference.bernoulli_nll_grad(h, x, 0.25, bias=bias)
+    db = gpu.empty(50, dt)
+    nll3, g3 = kernels.bernoulli_nll_grad(gpu.asarray(h), gpu.asarray(x), 0.25, db=db,
+                                          bias=gpu.asarray(bias))
+    close(nll3, nll_rb, *tol(dt))
+    close(g3, g_rb, *tol(dt))
+    close(db, g_rb.reshape(-1, 50).sum(axis=0), *tol(dt))
+    close(kernels.bernoulli_nll(gpu.asarray(h), gpu.asarray(x), bias=gpu.asarray(bias)), nll_rb,
+          *tol(dt))
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float64])

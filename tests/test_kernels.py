@@ -159,6 +159,34 @@ def test_bernoulli_nll_grad(dt, S, B, D, seed, scale, grey):
 
 
 @pytest.mark.parametrize("dt", DTYPES)
+@given(S=st.integers(1, 3), B=dims, D=st.integers(1, 100), seed=seeds)
+def test_bernoulli_kernels_add_the_bias_themselves(dt, S, B, D, seed):
+    """bias=b on the GEMM output h is the kernel on l = h + b: the same bits (l is the same one
+    float addition), and within round-off of the reference given h and b."""
+    rng = np.random.default_rng(seed)
+    h, bias = randn(rng, (S, B, D), dt, 4.0), randn(rng, D, dt, 2.0)
+    x = (rng.random((B, D)) < 0.5).astype(dt)
+    l = h + bias
+    nll, g = kernels.bernoulli_nll_grad(l, x, 0.5)
+    db0 = np.empty(D, dt)
+    kernels.bernoulli_nll_grad(l, x, 0.5, db=db0)
+    db = np.full(D, np.nan, dt)
+    nll_b, g_b = kernels.bernoulli_nll_grad(h, x, 0.5, db=db, bias=bias)
+    np.testing.assert_array_equal(nll_b, nll)
+    np.testing.assert_array_equal(g_b, g)
+    np.testing.assert_array_equal(db, db0)
+    np.testing.assert_array_equal(kernels.bernoulli_nll(h, x, bias=bias), kernels.bernoulli_nll(l, x))
+    nllr, gr = ref.bernoulli_nll_grad(h, x, 0.5, bias=bias)
+    tsum = (np.abs(ref.ACTIVATIONS["softplus"][0](l, np)) + np.abs(x * l)).sum(axis=-1)
+    sum_close(nll_b, nllr, tsum, D, dt)
+    close(g_b, gr, dt, scale=0.5)
+    with kernels.use("reference"):                   # the reference path of the dispatcher
+        nll_r, g_r = kernels.bernoulli_nll_grad(h, x, 0.5, bias=bias)
+    np.testing.assert_array_equal(nll_r, nllr)
+    np.testing.assert_array_equal(g_r, gr)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
 @pytest.mark.parametrize("sigma_shape", ["scalar", "shared", "per-dim"])
 @given(S=st.integers(1, 3), B=dims, D=dims, seed=seeds)
 def test_gaussian_nll_grad(dt, sigma_shape, S, B, D, seed):

@@ -269,22 +269,28 @@ def _sbd(logits, x, *others):
     return (logits, *others)
 
 
-def bernoulli_nll_grad(logits, x, scale, out=None, db=None):
+def _bias_ok(bias, logits):
+    return bias is None or (isinstance(bias, np.ndarray) and bias.dtype == logits.dtype
+                            and bias.shape == logits.shape[-1:])
+
+
+def bernoulli_nll_grad(logits, x, scale, out=None, db=None, bias=None):
     """nll (S, B) = sum_d softplus(l) - x l, and dlogits = scale * (sigmoid(l) - x).
 
     logits: (S, B, D) (or (B, D)); x: (B, D) (broadcast over S).  out=(nll, dlogits), where
     dlogits may be logits itself; db (D,), if given, receives dlogits summed over (S, B).
+    bias (D,), if given: l = logits + bias (the decoder's last bias, added inside the kernel).
     """
     cp = _cupy(logits)
     if cp is not None:
-        return cp.bernoulli_nll_grad(logits, x, scale, out, db)
+        return cp.bernoulli_nll_grad(logits, x, scale, out, db, bias)
     nll_o, g_o = out if out is not None else (None, None)
     nb = _numba(logits, x, *(a for a in (nll_o, g_o, db) if a is not None))
-    views = _sbd(logits, x, g_o) if nb is not None else None
+    views = _sbd(logits, x, g_o) if nb is not None and _bias_ok(bias, logits) else None
     if views is not None and db is not None and db.shape != logits.shape[-1:]:
         views = None
     if views is None:
-        nll, g = reference.bernoulli_nll_grad(logits, x, scale)
+        nll, g = reference.bernoulli_nll_grad(logits, x, scale, bias)
         if db is not None:
             db[...] = g.reshape(-1, g.shape[-1]).sum(axis=0)
         return (nll, g) if out is None else (_put(nll_o, nll), _put(g_o, g))
@@ -294,22 +300,26 @@ def bernoulli_nll_grad(logits, x, scale, out=None, db=None):
     g = np.empty_like(logits) if g_o is None else g_o
     if g3 is None:
         g3 = g if g.ndim == 3 else g[None]
-    nb.bernoulli_nll_grad(l3, x, dt.type(scale), nll.reshape(l3.shape[:2]), g3,
+    nb.bernoulli_nll_grad(l3, _zeros(logits.shape[-1], dt) if bias is None else bias, x,
+                          dt.type(scale), nll.reshape(l3.shape[:2]), g3,
                           _empty(dt) if db is None else db)
     return nll, g
 
 
-def bernoulli_nll(logits, x, out=None):
-    """-log Bernoulli(x; sigmoid(logits)) summed over D: (S, B, D) (or (B, D)) -> (S, B) (or (B,))."""
+def bernoulli_nll(logits, x, out=None, bias=None):
+    """-log Bernoulli(x; sigmoid(l)) summed over D, l = logits (+ bias (D,), if given):
+    (S, B, D) (or (B, D)) -> (S, B) (or (B,))."""
     cp = _cupy(logits)
     if cp is not None:
-        return cp.bernoulli_nll(logits, x, out)
+        return cp.bernoulli_nll(logits, x, out, bias)
     nb = _numba(logits, x, *(() if out is None else (out,)))
-    views = _sbd(logits, x) if nb is not None else None
+    views = _sbd(logits, x) if nb is not None and _bias_ok(bias, logits) else None
     if views is None:
-        return _put(out, reference.bernoulli_nll(logits, x))
-    nll = np.empty(logits.shape[:-1], logits.dtype) if out is None else out
-    nb.bernoulli_nll(views[0], x, nll.reshape(views[0].shape[:2]))
+        return _put(out, reference.bernoulli_nll(logits, x, bias))
+    dt = logits.dtype
+    nll = np.empty(logits.shape[:-1], dt) if out is None else out
+    nb.bernoulli_nll(views[0], _zeros(logits.shape[-1], dt) if bias is None else bias, x,
+                     nll.reshape(views[0].shape[:2]))
     return nll
 
 

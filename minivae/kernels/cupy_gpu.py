@@ -50,17 +50,19 @@ _BWD = {name: cp.ElementwiseKernel("T dy, T y", "T dx", f"dx = dy * ({g});", f"m
 _BIAS = cp.ElementwiseKernel("T h, T b", "T y", "y = h + b;", "minivae_bias_add")
 
 # Bernoulli: per-element term and gradient, then a row sum (cupy.sum over the last axis).
+# The logits are l0 + bias: the decoder's last GEMM output and its bias (0 for none), added here.
 _BERN = cp.ElementwiseKernel(
-    "T l, T x, T scale", "T term, T g",
-    """T e = exp(-fabs(l));
+    "T l0, T bias, T x, T scale", "T term, T g",
+    """T l = l0 + bias;
+       T e = exp(-fabs(l));
        term = (l > (T)0 ? l : (T)0) + log1p(e) - x * l;
        T q = (T)1 / ((T)1 + e);
        g = scale * ((l >= (T)0 ? q : e * q) - x);""",
     "minivae_bernoulli")
 _BERN_NLL = cp.ReductionKernel(
-    "T l, T x", "T nll",
-    "(l > (T)0 ? l : (T)0) + log1p(exp(-fabs(l))) - x * l", "a + b", "nll = a", "0",
-    "minivae_bernoulli_nll")
+    "T l0, T bias, T x", "T nll",
+    "(l0 + bias > (T)0 ? l0 + bias : (T)0) + log1p(exp(-fabs(l0 + bias))) - x * (l0 + bias)",
+    "a + b", "nll = a", "0", "minivae_bernoulli_nll")
 _GAUSS = cp.ElementwiseKernel(
     "T m, T x, T ls, T scale, T half_log2pi", "T term, T dm, T dls",
     """T r = (x - m) * exp(-ls);
@@ -129,18 +131,23 @@ def reparam_kl_backward(dz, eps, std, mu, logvar, kl_weight, out=None):
     return dmu, dlogvar
 
 
-def bernoulli_nll_grad(logits, x, scale, out=None, db=None):
+def _bias(bias, like):
+    return like.dtype.type(0) if bias is None else bias
+
+
+def bernoulli_nll_grad(logits, x, scale, out=None, db=None, bias=None):
     nll, g = out if out is not None else (None, None)
     term = cp.empty_like(logits)
-    term, g = _BERN(logits, x, logits.dtype.type(scale), term, _out(g, logits))
+    term, g = _BERN(logits, _bias(bias, logits), x, logits.dtype.type(scale), term,
+                    _out(g, logits))
     nll = term.sum(axis=-1, out=nll)
     if db is not None:
         g.reshape(-1, g.shape[-1]).sum(axis=0, out=db)
     return nll, g
 
 
-def bernoulli_nll(logits, x, out=None):
-    return _BERN_NLL(logits, x, out=out, axis=-1)
+def bernoulli_nll(logits, x, out=None, bias=None):
+    return _BERN_NLL(logits, _bias(bias, logits), x, out=out, axis=-1)
 
 
 def gaussian_nll_grad(mean, x, log_sigma, scale, out=None):

@@ -324,15 +324,18 @@ def reparam_kl_backward(dz, eps, std, mu, logvar, w, dmu, dlogvar):
 
 # ----------------------------------------------------------------------------- p(x|z)
 @njit(**_jit)
-def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
-    """nll[s, b] = sum_d softplus(l) - x l;  grad = scale (sigmoid(l) - x), may be logits itself.
+def bernoulli_nll_grad(logits, bias, x, scale, nll, grad, db):
+    """nll[s, b] = sum_d softplus(l) - x l;  grad = scale (sigmoid(l) - x), may be logits itself;
+    l = logits[s, b, d] + bias[d] (the decoder's last bias, added here rather than in a pass of
+    its own; zeros for none).
 
-    logits, grad: (S, B, D); x: (B, D); nll: (S, B); db: (D,) receives grad summed over (s, b)
-    (the bias gradient of the layer that produced the logits), or length 0 to skip it."""
+    logits, grad: (S, B, D); bias: (D,); x: (B, D); nll: (S, B); db: (D,) receives grad summed
+    over (s, b) (the bias gradient of the layer that produced the logits), or length 0 to skip it."""
     S, B, D = logits.shape
     one = f32(1.0)
     t = np.empty(D, logits.dtype)
     e = np.empty(D, logits.dtype)
+    lb = np.empty(D, logits.dtype)
     dsum = np.zeros(D, logits.dtype)
     acc16 = np.empty(16, logits.dtype)
     for s_ in range(S):
@@ -340,9 +343,11 @@ def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
             # two passes over the row (in L1): exp(-|l|) alone vectorises, the fused body then
             # does too; one pass measured 1.8x slower
             for d in range(D):
-                e[d] = _exp_neg(abs(logits[s_, b, d]))
+                l = logits[s_, b, d] + bias[d]
+                lb[d] = l
+                e[d] = _exp_neg(abs(l))
             for d in range(D):
-                l = logits[s_, b, d]
+                l = lb[d]
                 xv = x[b, d]
                 ed = e[d]
                 t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(ed)) - xv * l
@@ -357,18 +362,22 @@ def bernoulli_nll_grad(logits, x, scale, nll, grad, db):
 
 
 @njit(**_jit)
-def bernoulli_nll(logits, x, nll):
-    """nll[s, b] = sum_d softplus(l) - x l      logits: (S, B, D); x: (B, D); nll: (S, B)."""
+def bernoulli_nll(logits, bias, x, nll):
+    """nll[s, b] = sum_d softplus(l) - x l,  l = logits + bias   logits: (S, B, D); bias: (D,);
+    x: (B, D); nll: (S, B)."""
     S, B, D = logits.shape
     t = np.empty(D, logits.dtype)
     e = np.empty(D, logits.dtype)
+    lb = np.empty(D, logits.dtype)
     acc16 = np.empty(16, logits.dtype)
     for s_ in range(S):
         for b in range(B):
             for d in range(D):                     # two passes: see bernoulli_nll_grad
-                e[d] = _exp_neg(abs(logits[s_, b, d]))
+                l = logits[s_, b, d] + bias[d]
+                lb[d] = l
+                e[d] = _exp_neg(abs(l))
             for d in range(D):
-                l = logits[s_, b, d]
+                l = lb[d]
                 t[d] = ((l if l > 0 else f32(0.0)) + _log1p_unit(e[d])) - x[b, d] * l
             nll[s_, b] = _lane_sum(t, D, acc16)
 

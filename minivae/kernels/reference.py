@@ -76,16 +76,22 @@ def reparam_kl_backward(dz, eps, std, mu, logvar, kl_weight):
     return dmu_s.sum(axis=0) + w * dmu_kl, dlogvar_s.sum(axis=0) + w * dlogvar_kl
 
 
-def bernoulli_nll_grad(logits, x, scale):
+def bernoulli_nll_grad(logits, x, scale, bias=None):
     """nll (S, B) = sum_d softplus(l) - x l, and dlogits = scale * (sigmoid(l) - x).
 
-    logits: (S, B, D); x: (B, D) (broadcast over S).
+    logits: (S, B, D); x: (B, D) (broadcast over S); bias: (D,) or None.  With a bias the
+    logits are l = logits + bias (the decoder's last GEMM output before its bias is added:
+    the fast kernels add it on the fly instead of in a pass of its own).
     """
+    if bias is not None:
+        logits = logits + bias
     return dist.bernoulli_nll(logits, x), logits.dtype.type(scale) * dist.bernoulli_nll_grad(logits, x)
 
 
-def bernoulli_nll(logits, x):
-    """nll (S, B) = sum_d softplus(l) - x l    logits: (S, B, D); x: (B, D)."""
+def bernoulli_nll(logits, x, bias=None):
+    """nll (S, B) = sum_d softplus(l) - x l    logits: (S, B, D); x: (B, D); l = logits + bias."""
+    if bias is not None:
+        logits = logits + bias
     return dist.bernoulli_nll(logits, x)
 
 
