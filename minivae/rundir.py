@@ -403,6 +403,10 @@ def check_meta(where, meta):
     if not (isinstance(o, dict) and is_count(o.get("t"))
             and ("lr" not in o or (is_real(o["lr"]) and math.isfinite(o["lr"]) and o["lr"] > 0))):
         raise MinivaeError(f"{where}: its optimiser record {str(o)[:80]} is malformed")
+    n = meta.get("blas_threads")
+    if n is not None and not (is_int(n, 1) and n <= 4096):
+        raise MinivaeError(f"{where}: blas_threads must be a thread count in [1, 4096] or null, "
+                           f"got {_short(n)}; the file is damaged")
     _check_state(where, "data", meta["data_rng"])
     for name in ("noise", "bin"):
         st = meta.get(f"{name}_rng")

@@ -17,9 +17,12 @@ measures how busy the cores were over ``WINDOW_S`` seconds (``/proc/stat``; else
 
 It is decided once, at start-up, and not changed during the run: OpenBLAS's result for a GEMM
 can depend on its thread count in the last bit (its blocking of the inner dimension), so a
-thread count that followed the load would make training irreproducible.  A run started on an
-idle machine and one started under load can therefore differ in the last bits; set
-OPENBLAS_NUM_THREADS yourself for runs that must agree bit for bit across such starts.
+thread count that followed the load would make training irreproducible.  For the same reason a
+run records its count in its checkpoints and a resumed run goes on with it (``resume``), so
+that an interrupted and resumed run still ends bit for bit where an uninterrupted one does,
+whatever the load at either start.  Two *separate* runs, one started on an idle machine and one
+under load, can differ in the last bits; set OPENBLAS_NUM_THREADS yourself for runs that must
+agree bit for bit across such starts.
 
 Whatever the user set is left alone: with any of ``USER_VARS`` in the environment this module
 changes nothing (``describe()`` says so).  ``MINIVAE_THREADS=N`` fixes minivae's choice to N
@@ -142,3 +145,29 @@ def describe():
     except Exception as e:
         out["blas"] = f"unknown ({type(e).__name__})"
     return out
+
+
+def current():
+    """The thread count of the (first) BLAS NumPy loaded, or None where threadpoolctl cannot
+    tell: what a checkpoint records."""
+    try:
+        n = _blas().info()[0]["num_threads"]
+    except Exception:
+        return None
+    return int(n) if isinstance(n, int) and n >= 1 else None
+
+
+def resume(n):
+    """A resumed run's BLAS thread count: the count n its checkpoint recorded, under the auto
+    policy (what the user or MINIVAE_THREADS set still wins).  Called before the resumed run's
+    first step, so the run keeps one count throughout.  Returns describe()'s decision."""
+    global _state
+    st = ensure()
+    if st["policy"] != "auto" or n is None or n == st.get("blas_threads"):
+        return st
+    try:
+        _blas().limit(limits=n)
+    except Exception:                  # could not apply it: the start-up choice stays
+        return st
+    _state.update(blas_threads=n, reason="resumed with the count its checkpoint recorded")
+    return dict(_state)

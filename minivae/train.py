@@ -32,7 +32,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from . import checkpoint, rundir, schedules
+from . import checkpoint, rundir, schedules, threads
 from .backend import get_array_module, make_rng, to_device, to_host
 from .config import TrainConfig
 from .errors import MinivaeError
@@ -106,6 +106,9 @@ class Trainer:
         self._stop_signal = None
         self._restored = False
         self._saved_at = None                 # (epoch, step) of the last checkpoint written
+        # the BLAS thread count the CPU step runs with, recorded in every checkpoint: GEMM
+        # results depend on it in the last bits, so a resumed run goes on with it (threads.py)
+        self.blas_threads = threads.current() if model.xp is np else None
         self._reset_epoch_totals()
         self._check_data()
         schedules.check_model(config, model)
@@ -126,6 +129,7 @@ class Trainer:
                     binarize=self.data.binarize, dataset_args=self.dataset_args,
                     image_shape=list(self.data.image_shape), epoch=self.epoch, step=self.step,
                     global_step=self.global_step, opt=dict(scalars, lr=self.opt.lr),
+                    blas_threads=self.blas_threads,
                     data_rng=self.data_rng.bit_generator.state,
                     noise_rng=rng_state(self.noise_rng),
                     bin_rng=None if self.bin_rng is None else self.bin_rng.state,
@@ -216,6 +220,9 @@ class Trainer:
             self.opt.lr = float(meta["opt"]["lr"])
         self.epoch, self.step, self.perm = epoch, step, perm
         self.global_step = int(meta.get("global_step", 0))
+        if self.model.xp is np and meta.get("blas_threads") is not None:
+            threads.resume(int(meta["blas_threads"]))
+            self.blas_threads = threads.current()
         self.data_rng.bit_generator.state = meta["data_rng"]
         self._restore_generators(meta)
         tot = meta.get("epoch_totals")

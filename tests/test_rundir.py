@@ -443,7 +443,10 @@ BAD_META = [("opt.t", 10 ** 400, "opt.t (the optimiser's step count) must be an 
             ("image_shape", [1024], "image_shape [1024] is not [height, width]"),
             ("image_shape", [4, 16, 16], "image_shape [4, 16, 16] is not [height, width]"),
             ("image_shape", [1] * 71 + [32, 32], "image_shape [1, 1, 1"),
-            ("image_shape", [32, 16, 2], "is not [height, width]")]
+            ("image_shape", [32, 16, 2], "is not [height, width]"),
+            ("blas_threads", 0, "blas_threads must be a thread count in [1, 4096] or null"),
+            ("blas_threads", "2", "blas_threads must be a thread count"),
+            ("blas_threads", 10 ** 6, "blas_threads must be a thread count")]
 
 
 @pytest.mark.parametrize("command", ["resume", "sample", "eval"])

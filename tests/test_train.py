@@ -169,6 +169,50 @@ def _train_argv(out, *extra):
             "--binarize", "dynamic", "--seed", "3", "--no-progress", "--out", str(out), *extra]
 
 
+# `python -c THREADS_CLI BUSY args...`: the CLI on 300 shapes with the threading policy's
+# measurement of the other processes replaced by BUSY cores (so the test decides the "load")
+THREADS_CLI = ("import sys, minivae.threads as t; busy = float(sys.argv[1]); "
+               "t.others_busy = lambda window_s=0.1: (busy, 'test'); "
+               "import minivae.data.datasets as d; d.SHAPES_TRAIN, d.SHAPES_TEST = 300, 50; "
+               "from minivae import cli; cli._figures = lambda *a: None; "
+               "sys.exit(cli.main(sys.argv[2:]))")
+
+
+def test_a_run_resumed_under_another_load_keeps_its_blas_thread_count(tmp_path):
+    """The threading policy picks 1 BLAS thread on 2 cores when one is busy and 2 when idle, and
+    OpenBLAS's float32 GEMM rounds differently with 1 and 2 threads at these shapes.  A run
+    started busy and resumed idle records its count in the checkpoint and goes on with it: it
+    ends bit for bit where the uninterrupted busy run ends.  The same resume forced to 2
+    threads (MINIVAE_THREADS, the user's choice, wins) does not, which shows the check can fail."""
+    import subprocess
+    import sys
+    from minivae import threads
+    if (os.cpu_count() or 1) != 2:
+        pytest.skip("the policy's two counts (1 busy, 2 idle) are those of a 2-core machine")
+    env = {k: v for k, v in os.environ.items()
+           if k not in threads.USER_VARS + ("MINIVAE_THREADS",)}
+
+    def cli_run(busy, *argv, **extra):
+        p = subprocess.run([sys.executable, "-c", THREADS_CLI, str(busy), *argv],
+                           env={**env, **extra}, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+
+    # 784 inputs, as MNIST: OpenBLAS rounds (128, 784) @ (784, 400) differently on 1 and 2
+    # threads (it does not at the shapes' 1024 inputs)
+    x = np.random.default_rng(0).random((300, 784)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    small = ["--dataset", str(tmp_path / "x.npy"), "--hidden", "400", "--latent-dim", "4",
+             "--batch-size", "128", "--no-progress"]
+    cli_run(1.0, "train", *small, "--epochs", "2", "--out", str(tmp_path / "a"))
+    for name, extra in (("b", {}), ("c", {"MINIVAE_THREADS": "2"})):
+        cli_run(1.0, "train", *small, "--epochs", "1", "--out", str(tmp_path / name))
+        cli_run(0.0, "train", "--resume", str(tmp_path / name), "--epochs", "2", **extra)
+    a, b, c = (load_run(tmp_path / n) for n in "abc")
+    assert a[1]["blas_threads"] == b[1]["blas_threads"] == 1 and c[1]["blas_threads"] == 2
+    assert np.array_equal(a[0].buffer.data, b[0].buffer.data)
+    assert not np.array_equal(a[0].buffer.data, c[0].buffer.data)
+
+
 def test_resume_via_cli_after_sigint_mid_epoch_is_bit_for_bit(tmp_path, monkeypatch, capsys):
     """`minivae train` (shapes, --binarize dynamic) stopped by SIGINT in epoch 2, then
     `minivae train --resume RUN_DIR`, ends bit-for-bit where the uninterrupted run does.
