@@ -209,6 +209,26 @@ class FusedMLP:
             inp = h
         return inp
 
+    def forward_rows(self, x, lo, hi, add_last_bias=True):
+        """Rows lo:hi of forward(x) (every layer's rows lo:hi into this plan's buffers), so that
+        disjoint row ranges can be computed apart, e.g. on two threads; the forward cache is x,
+        as after forward.  Returns the last layer's buffer (all N rows)."""
+        xp, last = self.xp, len(self.linears) - 1
+        self._x = x
+        inp = x[lo:hi]
+        for i, L in enumerate(self.linears):
+            h = self.h[i][lo:hi]
+            if i < last:
+                pre = self.pre[i][lo:hi]
+                xp.matmul(inp, L.W, out=pre)
+                kernels.bias_act_forward(self.acts[i], pre, L.b, out=h)
+            else:
+                xp.matmul(inp, L.W, out=h)
+                if add_last_bias:
+                    kernels.bias_add(h, L.b, out=h)
+            inp = h
+        return self.h[last]
+
     def backward(self, dy, db_done=False):
         """dy (N, Dout): gradient of the last output -> dx (N, Din) (None for a first layer that
         needs none).  db_done: the last layer's bias gradient was already written (fused into

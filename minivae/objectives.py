@@ -26,7 +26,9 @@ All three functions write the parameter gradients into the model's flat gradient
 import math
 from collections import namedtuple
 
-from . import kernels
+import numpy as np
+
+from . import kernels, threads
 from .backend import get_array_module
 from .distributions import gaussian_score
 from .errors import MinivaeError
@@ -202,15 +204,53 @@ def score_elbo_loss(model, x, eps, beta, baseline="none"):
     return Terms(loss, distortion, kl_mean)
 
 
+SPLIT_ROWS = 4096     # decoder rows (S B) from which log_weights runs in two halves
+
+
 def log_weights(model, x, eps):
     """Importance log-weights log w_sb = log p(x_b, z_sb) - log q(z_sb | x_b): (S, B).
 
     Forward only; also returns what the IWAE backward needs (mu, logvar, z, std, out, kl): views
     of the model's workspaces, valid until its next pass with the same sizes (out: the
     decoder's output, for a Bernoulli MLP decoder before its last bias; see _forward).
+
+    Where minivae chose the BLAS thread count (minivae.threads.split_available) and the pass
+    decodes at least SPLIT_ROWS rows of an MLP decoder on the CPU, it runs as two halves of the
+    samples, s < S/2 and s >= S/2, each decoded and scored with one BLAS thread, on two
+    threads when there are cores for them (threads.run_parts): the same values for any thread
+    count.
     """
+    S, B, Z = eps.shape
+    if (S >= 2 and S * B >= SPLIT_ROWS and model.xp is np and threads.split_available()
+            and hasattr(model._plan("dec", S * B), "forward_rows")):
+        with threads.single_blas():
+            return _log_weights_halves(model, x, eps)
     ws, _, _, mu, logvar, z, std, kl, out, nll_kw = _forward(model, x, eps)
     return _log_w(model, out, x, z, eps, logvar, ws, nll_kw), (mu, logvar, z, std, out, kl)
+
+
+def _log_weights_halves(model, x, eps):
+    """log_weights with the decoder and the likelihood in two halves of the samples."""
+    S, B, Z = eps.shape
+    ws = model._step_buffers(S, B)
+    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
+    head = enc.forward(x)
+    mu, logvar = head[:, :Z], head[:, Z:]
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    zf = z.reshape(S * B, Z)
+    fuse = getattr(model.likelihood, "takes_bias", False)
+    nll_kw = {"bias": dec.last_bias} if fuse else {}
+    out = dec.h[-1].reshape(S, B, -1)
+
+    def half(s0, s1):
+        dec.forward_rows(zf, s0 * B, s1 * B, add_last_bias=not fuse)
+        model.likelihood.nll(out[s0:s1], x, nll=ws.nll[s0:s1], **nll_kw)
+
+    h = S // 2
+    threads.run_parts(lambda: half(0, h), lambda: half(h, S))
+    t = z.dtype.type(0.5)
+    logw = -ws.nll - t * np.sum(z * z - eps * eps - logvar, axis=-1)
+    return logw, (mu, logvar, z, std, out, kl)
 
 
 def _log_w(model, out, x, z, eps, logvar, ws=None, nll_kw=None):

@@ -28,9 +28,21 @@ Whatever the user set is left alone: with any of ``USER_VARS`` in the environmen
 changes nothing (``describe()`` says so).  ``MINIVAE_THREADS=N`` fixes minivae's choice to N
 BLAS threads; ``MINIVAE_THREADS=auto`` (or unset) is the policy above.  The Numba kernels are
 serial (see ``minivae.kernels.numba_cpu``), so there is no Numba thread count to choose.
+
+Two parts at once (``split_available``, ``single_blas``, ``run_parts``).  Where minivae chose
+the thread count, a large evaluation pass (the importance-sampled log p(x) decodes 10,000 rows
+at a time) is cut into two fixed halves, each run with a single BLAS thread: on a second
+thread when minivae chose two or more, else one after the other.  Each half's GEMMs and
+kernels are then the same single-threaded calls either way, so the result does not depend on
+the thread count (nor on the load at start-up); the two halves' elementwise kernels run on both
+cores instead of one.  The main thread takes the second half itself when the helper thread has
+not started it (a helper the scheduler put aside is never waited for).
 """
 import os
+import queue
+import threading
 import time
+from contextlib import contextmanager
 
 from .errors import MinivaeError
 
@@ -102,6 +114,16 @@ def _blas():
     return ThreadpoolController().select(user_api="blas")
 
 
+_LIBS = None            # threadpoolctl's BLAS library controllers, found once
+
+
+def _blas_libs():
+    global _LIBS
+    if _LIBS is None:
+        _LIBS = list(_blas().lib_controllers)
+    return _LIBS
+
+
 def ensure():
     """Apply the policy once per process (later calls return the decision); see the module
     docstring.  Returns describe()."""
@@ -134,6 +156,81 @@ def ensure():
     except Exception as e:             # no threadpoolctl, no BLAS it knows: leave BLAS alone
         _state.update(blas_threads=None, reason=f"not applied ({type(e).__name__}: {e})")
     return dict(_state)
+
+
+def split_available():
+    """True where minivae chose the BLAS thread count (policy auto or fixed, applied): only
+    then may it run a pass as two single-threaded halves (see the module docstring)."""
+    return (_state is not None and _state.get("policy") in ("auto", "fixed")
+            and _state.get("blas_threads") is not None)
+
+
+@contextmanager
+def single_blas():
+    """One BLAS thread inside the with-block, minivae's count restored after (only where
+    split_available(): never over a count the user set)."""
+    if not split_available():
+        raise RuntimeError("single_blas: the BLAS thread count is not minivae's to change")
+    libs = _blas_libs()
+    for lib in libs:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib in libs:
+            lib.set_num_threads(_state["blas_threads"])
+
+
+class _Task:
+    """A function that either the helper thread or the main thread runs, whichever claims it."""
+    __slots__ = ("fn", "claim", "done", "exc")
+
+    def __init__(self, fn):
+        self.fn, self.claim, self.done, self.exc = fn, threading.Lock(), threading.Event(), None
+
+    def run(self):
+        if self.claim.acquire(blocking=False):
+            try:
+                self.fn()
+            except BaseException as e:          # re-raised by the main thread
+                self.exc = e
+            finally:
+                self.done.set()
+
+
+class _Helper:
+    """One daemon thread taking _Tasks from a queue (blocking, no spinning)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.q = queue.SimpleQueue()
+        threading.Thread(target=self._loop, name="minivae-helper", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self.q.get().run()
+
+
+_helper = None
+
+
+def run_parts(first, second):
+    """first() and second(), on two threads when minivae chose two or more BLAS threads (the
+    main thread runs first, then second too if the helper has not begun it), else in order."""
+    global _helper
+    if not split_available() or _state["blas_threads"] < 2:
+        first()
+        second()
+        return
+    if _helper is None or _helper.pid != os.getpid():      # none yet, or a forked child
+        _helper = _Helper()
+    task = _Task(second)
+    _helper.q.put(task)
+    first()
+    task.run()                   # ours if the helper has not claimed it
+    task.done.wait()
+    if task.exc is not None:
+        raise task.exc
 
 
 def describe():

@@ -95,3 +95,77 @@ def test_others_busy_sees_a_busy_process():
     if source != "/proc/stat":
         pytest.skip("no /proc/stat here")
     assert busy >= 0.6
+
+
+# ----------------------------------------------------------------------------- two halves at once
+@pytest.fixture
+def minivae_chose(monkeypatch):
+    """Pretend minivae chose the BLAS count (policy 'fixed', n threads); the test process's BLAS
+    count is restored afterwards."""
+    libs = threads._blas_libs()
+    saved = [lib.num_threads for lib in libs]
+
+    def choose(n):
+        monkeypatch.setattr(threads, "_state", dict(policy="fixed", blas_threads=n))
+    yield choose
+    for lib, n in zip(libs, saved):
+        lib.set_num_threads(n)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_run_parts_runs_both_and_raises_the_helpers_error(minivae_chose, n):
+    minivae_chose(n)
+    seen = []
+    threads.run_parts(lambda: seen.append(threading_name()), lambda: seen.append(threading_name()))
+    assert len(seen) == 2 and seen[0] == "MainThread"
+    with pytest.raises(ZeroDivisionError):
+        threads.run_parts(lambda: None, lambda: 1 / 0)
+    threads.run_parts(lambda: None, lambda: None)      # the helper survived its task's error
+
+
+def threading_name():
+    import threading
+    return threading.current_thread().name
+
+
+def test_single_blas_refuses_a_count_the_user_set(monkeypatch):
+    monkeypatch.setattr(threads, "_state", dict(policy="user", blas_threads=None))
+    assert not threads.split_available()
+    with pytest.raises(RuntimeError):
+        with threads.single_blas():
+            pass
+
+
+def _iwae_inputs(likelihood="bernoulli", **kw):
+    import numpy as np
+    from minivae.model import VAE
+    model = VAE(30, (16,), 4, likelihood=likelihood, seed=2, **kw)
+    rng = np.random.default_rng(5)
+    x = (rng.random((8, 30)) < 0.5).astype(np.float32)
+    eps = rng.standard_normal((600, 8, 4), dtype=np.float32)          # 4800 rows >= SPLIT_ROWS
+    return model, x, eps
+
+
+@pytest.mark.parametrize("likelihood,kw", [("bernoulli", {}), ("gaussian", {}),
+                                           ("gaussian", {"learn_sigma": "per-example"})])
+def test_log_weights_in_halves_is_the_same_for_any_thread_count(minivae_chose, likelihood, kw):
+    """The halves run with one BLAS thread each: 1 or 2 threads give the same bits, and the
+    values agree with the one-pass path (the user's threads) and the reference kernels to
+    round-off: |d log w| <= 64 u sum_d |terms| (float32, D = 30 terms of size O(10))."""
+    import numpy as np
+    from minivae import kernels
+    from minivae.objectives import SPLIT_ROWS, log_weights
+    model, x, eps = _iwae_inputs(likelihood, **kw)
+    assert eps.shape[0] * eps.shape[1] >= SPLIT_ROWS
+    minivae_chose(1)
+    one = log_weights(model, x, eps)[0].copy()
+    minivae_chose(2)
+    two = log_weights(model, x, eps)[0].copy()
+    np.testing.assert_array_equal(one, two)
+    threads._state = dict(policy="user", blas_threads=None)
+    whole = log_weights(model, x, eps)[0].copy()
+    with kernels.use("reference"):
+        ref = log_weights(model, x, eps)[0].copy()
+    scale = 64 * np.finfo(np.float32).eps * (np.abs(ref) + 30 * 10)
+    assert (np.abs(two - whole) <= scale).all()
+    assert (np.abs(two - ref) <= scale).all()

@@ -11,7 +11,9 @@ Design requirements:
   not depend on the vector width.
 * Serial.  On the 2-core machines this is written for, a ``parallel=True`` kernel between two
   multithreaded OpenBLAS GEMMs made the step several times slower (the two thread pools fight
-  for the cores); one thread per elementwise pass measured best.
+  for the cores); one thread per elementwise pass measured best.  ``nogil=True``: a kernel
+  releases the GIL, so two Python threads can run kernels at once (``minivae.threads.run_parts``:
+  the two halves of a large evaluation pass, each with one BLAS thread).
 * Every kernel writes into caller-given output arrays (``out=``-style arguments), so a training
   step reuses its buffers and allocates nothing.
 
@@ -34,7 +36,7 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic, overload
 
-_jit = dict(cache=True, error_model="numpy", fastmath=False)
+_jit = dict(cache=True, error_model="numpy", fastmath=False, nogil=True)
 f32 = np.float32
 
 
