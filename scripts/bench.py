@@ -32,8 +32,9 @@ channels C1, C2, .. and DIMS's inner widths as its dense layers) and batch size:
             under load over its epoch time on the idle machine (the growth factor).  minivae
             runs under its own threading policy (minivae.threads: the thread variables are
             removed from its environment), also once with --threads BLAS threads forced.
-Threads: --threads for OpenBLAS (and the peers' pools); OPENBLAS_CORETYPE is reported as found
-in the environment, and both sides run under the same setting.
+Threads: --threads for the peers' pools (OPENBLAS/OMP/MKL/NUMBA_NUM_THREADS) and for minivae
+as MINIVAE_THREADS (its policy then applies that count; each worker's JSON records the decision);
+OPENBLAS_CORETYPE is reported as found in the environment, and both sides run under it.
 """
 import argparse
 import json
@@ -246,6 +247,9 @@ class Runner:
         self.env.pop("MINIVAE_THREADS", None)
         # minivae under its own policy: none of the thread variables set
         self.policy_env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+        # minivae given --threads through its own variable: its policy applies that count
+        # (and runs its two-half evaluation), whatever the load when the worker starts
+        self.minivae_env = dict(self.policy_env, MINIVAE_THREADS=str(a.threads))
         self.peer_py = os.path.join(PEER_DIR, ".venv", "bin", "python")
 
     def minivae(self, worker, model, batch, epochs=None, env=None, floor=True):
@@ -255,7 +259,7 @@ class Runner:
                "--iwae-k", str(a.iwae_k), "--iwae-n", str(a.iwae_n)]
         if not floor:
             cmd.append("--no-floor")
-        r, rss = run_json(cmd, self.env if env is None else env)
+        r, rss = run_json(cmd, self.minivae_env if env is None else env)
         r.pop("peak_rss_mb", None)
         r["peak_rss_mb"] = rss
         return r
@@ -349,6 +353,7 @@ def load_test(run, model, idle, peers, epochs):
         res["load_avg_start"] = os.getloadavg()
         loaded = run.minivae("train", model, B, epochs=epochs, env=run.policy_env, floor=False)
         res["minivae_loaded"] = {k: loaded[k] for k in ("epoch_s", "epoch_s_all", "threads")}
+        # without the policy: the BLAS thread count set by the user (OPENBLAS_NUM_THREADS)
         forced = run.minivae("train", model, B, epochs=2, env=run.env, floor=False)
         res["minivae_forced_threads_loaded"] = {k: forced[k] for k in ("epoch_s", "epoch_s_all")}
         res["minivae_forced_threads"] = run.a.threads
