@@ -173,6 +173,26 @@ def profile(model_spec, B, steps, seed=0):
                 non_gemm_us=round(plain * 1e6 - gemm_in, 1))
 
 
+def summary(res):
+    """A markdown table of the profiles: one column per (model, batch), microseconds per step."""
+    profs = res["profiles"]
+    kinds = sorted({k for p in profs for k in p["parts_us"] if not k.startswith("GEMM")})
+    head = "| us per step | " + " | ".join(f"{p['model'].split(':')[0]} B={p['batch']}"
+                                           for p in profs) + " |"
+    rows = [head, "|---" * (len(profs) + 1) + "|"]
+
+    def row(name, values):
+        rows.append(f"| {name} | " + " | ".join(values) + " |")
+    row("step (plain)", [f"{p['step_us']:.0f}" for p in profs])
+    row("GEMMs inside the step", [f"{p['gemm_in_step_us']:.0f}" for p in profs])
+    row("the same GEMMs alone (floor)", [f"{p['gemm_alone_us']:.0f}" for p in profs])
+    for k in kinds:
+        row(k, [f"{p['parts_us'].get(k, 0):.0f}" for p in profs])
+    row("other (Python, small NumPy calls, timers)", [f"{p['other_us']:.0f}" for p in profs])
+    row("step / floor", [f"{p['step_over_gemm_alone']:.2f}" for p in profs])
+    return "\n".join(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -187,8 +207,7 @@ def main():
     archs = a.arch or (["784-400-20:relu", "784-200-200-50:tanh"] if a.out else ["784-400-20:relu"])
     batches = a.batch or ([32, 128, 1024] if a.out else [128])
     from minivae import threads
-    res = dict(load_avg_start=os.getloadavg(), cores=os.cpu_count(), threads=threads.describe(),
-               profiles=[])
+    res = dict(load_avg_start=os.getloadavg(), cores=os.cpu_count(), profiles=[])
     for arch in archs:
         for B in batches:
             steps = max(20, a.steps * 128 // B)
@@ -196,10 +215,14 @@ def main():
             res["profiles"].append(r)
             print(json.dumps(r), file=sys.stderr, flush=True)
     res["load_avg_end"] = os.getloadavg()
+    res["threads"] = threads.describe()          # the policy's decision, made by the first model
     text = json.dumps(res, indent=1)
     if a.out:
         with open(a.out, "w") as f:
             f.write(text + "\n")
+        with open(os.path.splitext(a.out)[0] + ".md", "w") as f:
+            f.write(summary(res) + "\n")
+    print(summary(res), file=sys.stderr)
     print(text)
 
 

@@ -19,9 +19,11 @@ Design requirements:
 
 float32 exp and log1p.  Numba calls the C library's scalar ``expf``/``log1pf``, and a loop that
 calls a function cannot be vectorised.  For float32 the exponentials of the Bernoulli
-likelihood, sigmoid, softplus and tanh therefore use the Cephes polynomial approximations below
-(written in plain arithmetic, which LLVM vectorises; about 1-2 ulp), float64 keeps ``math``:
+likelihood, sigmoid, softplus, tanh and the reparameterisation (std, KL) therefore use the
+Cephes polynomial approximations below (written in plain arithmetic, which LLVM vectorises;
+about 1-2 ulp), float64 keeps ``math``:
     exp(-a), a >= 0:  a = n ln2 + r, |r| <= ln2/2;  exp(-a) = 2^-n * P(-r)   (0 below 2^-126)
+    exp(x), expm1(x): the same for any sign; expm1 by its Taylor polynomial for |x| < ln2/2
     log1p(e), e in [0, 1]:  s = e / (2 + e) in [0, 1/3];  log1p(e) = 2 atanh(s)
                             = 2 s (1 + s^2/3 + s^4/5 + ... + s^12/13)   (next term < 2^-26)
     tanh(x):  |x| < 0.625: Cephes' odd polynomial;  else sign(x) (1 - e) / (1 + e), e = exp(-2|x|)
@@ -100,6 +102,54 @@ def _tanh_f32(x):
     return small if a < f32(0.625) else big
 
 
+@njit(**_jit)
+def _exp_f32(x):
+    """exp(x) for any float32 x (Cephes expf, as _exp_neg_f32; 2^n applied in two halves so
+    that n = 127 does not overflow): 0 below float32's smallest normal (x < -87.34), +inf above
+    its largest value (x > 88.72), NaN stays NaN."""
+    xc = min(max(x, f32(-87.33654)), f32(88.72283))
+    n = np.floor(xc * f32(1.44269504088896341) + f32(0.5))
+    r = xc - n * f32(0.693359375) + n * f32(2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    p = p * r + f32(1.3981999507e-3)
+    p = p * r + f32(8.3334519073e-3)
+    p = p * r + f32(4.1665795894e-2)
+    p = p * r + f32(1.6666665459e-1)
+    p = p * r + f32(5.0000001201e-1)
+    p = p * r * r + r + f32(1.0)
+    ni = np.int64(n)
+    n1 = ni >> 1
+    e = (p * _int_bits_as_f32((n1 + 127) << 23)) * _int_bits_as_f32((ni - n1 + 127) << 23)
+    e = e if x >= f32(-87.33654) else f32(0.0)
+    e = e if x <= f32(88.72283) else f32(np.inf)
+    return e if x == x else x
+
+
+@njit(**_jit)
+def _expm1_f32(x):
+    """expm1(x) for float32 x: its Taylor polynomial to x^8 for |x| < ln2 / 2 (the next term
+    is < 2e-10 relative), else exp(x) - 1 (|exp(x) - 1| > 0.29 there, so the subtraction loses
+    under 2 bits); exact for the tiny x of a collapsed unit's log-variance."""
+    p = f32(1.0 / 40320.0)
+    p = p * x + f32(1.0 / 5040.0)
+    p = p * x + f32(1.0 / 720.0)
+    p = p * x + f32(1.0 / 120.0)
+    p = p * x + f32(1.0 / 24.0)
+    p = p * x + f32(1.0 / 6.0)
+    p = p * x + f32(0.5)
+    small = (p * x) * x + x
+    big = _exp_f32(x) - f32(1.0)
+    return small if abs(x) < f32(0.34657359) else big
+
+
+def _exp(x):
+    """exp(x): fast polynomial for float32, the C library for float64."""
+
+
+def _expm1(x):
+    """expm1(x): fast polynomial for float32, the C library for float64."""
+
+
 def _exp_neg(a):
     """exp(-a), a >= 0: fast polynomial for float32, the C library for float64."""
 
@@ -110,6 +160,20 @@ def _log1p_unit(e):
 
 def _tanh(x):
     """tanh(x)."""
+
+
+@overload(_exp)
+def _exp_impl(x):
+    if x == types.float32:
+        return lambda x: _exp_f32(x)
+    return lambda x: math.exp(x)
+
+
+@overload(_expm1)
+def _expm1_impl(x):
+    if x == types.float32:
+        return lambda x: _expm1_f32(x)
+    return lambda x: math.expm1(x)
 
 
 @overload(_exp_neg)
@@ -290,18 +354,19 @@ back_elu = _backward_kernel(_d_elu)
 def reparam_kl(mu, logvar, eps, z, std, kl):
     """z = mu + exp(logvar/2) eps;  kl_b = 1/2 sum_j (mu^2 + expm1(logvar) - logvar).
 
-    mu, logvar, std: (B, Z);  eps, z: (S, B, Z);  kl: (B,)."""
+    mu, logvar, std: (B, Z);  eps, z: (S, B, Z);  kl: (B,).  Per row, the terms go into a
+    scratch row first (a loop that vectorises) and are summed by _lane_sum."""
     S, B, Z = eps.shape
     half = f32(0.5)
+    t = np.empty(Z, mu.dtype)
+    acc16 = np.empty(16, mu.dtype)
     for b in range(B):
-        acc = f32(0.0)
         for j in range(Z):
             lv = logvar[b, j]
             m = mu[b, j]
-            s = math.exp(lv * half)
-            std[b, j] = s
-            acc += m * m + (math.expm1(lv) - lv)    # expm1: exact for collapsed units
-        kl[b] = half * acc
+            std[b, j] = _exp(lv * half)
+            t[j] = m * m + (_expm1(lv) - lv)        # expm1: exact for collapsed units
+        kl[b] = half * _lane_sum(t, Z, acc16)
     for s_ in range(S):
         for b in range(B):
             for j in range(Z):
@@ -310,18 +375,23 @@ def reparam_kl(mu, logvar, eps, z, std, kl):
 
 @njit(**_jit)
 def reparam_kl_backward(dz, eps, std, mu, logvar, w, dmu, dlogvar):
-    """dmu = sum_s dz + w mu;  dlogvar = sum_s dz eps std / 2 + w expm1(logvar) / 2."""
+    """dmu = sum_s dz + w mu;  dlogvar = sum_s dz eps std / 2 + w expm1(logvar) / 2.
+    The sums over s run in s order, row by row (each loop over j vectorises)."""
     S, B, Z = dz.shape
     half = f32(0.5)
+    a = np.empty(Z, dz.dtype)
+    c = np.empty(Z, dz.dtype)
     for b in range(B):
         for j in range(Z):
-            a = f32(0.0)
-            c = f32(0.0)
-            for s_ in range(S):
-                a += dz[s_, b, j]
-                c += dz[s_, b, j] * eps[s_, b, j] * std[b, j] * half
-            dmu[b, j] = a + w * mu[b, j]
-            dlogvar[b, j] = c + w * (math.expm1(logvar[b, j]) * half)
+            a[j] = 0
+            c[j] = 0
+        for s_ in range(S):
+            for j in range(Z):
+                a[j] += dz[s_, b, j]
+                c[j] += dz[s_, b, j] * eps[s_, b, j] * std[b, j] * half
+        for j in range(Z):
+            dmu[b, j] = a[j] + w * mu[b, j]
+            dlogvar[b, j] = c[j] + w * (_expm1(logvar[b, j]) * half)
 
 
 # ----------------------------------------------------------------------------- p(x|z)
