@@ -543,7 +543,12 @@ class _Batches:
     def next(self, start, n):
         x, u, eps = self._buf(n)
         xm = get_array_module(x)
-        xm.take(self.train, self.perm[start:start + n], axis=0, out=x)
+        if xm is np:
+            # mode="clip" writes out= directly (1.5x faster than "raise", which buffers); the
+            # permutation's indices are always in range, so clipping changes nothing
+            np.take(self.train, self.perm[start:start + n], axis=0, out=x, mode="clip")
+        else:
+            xm.take(self.train, self.perm[start:start + n], axis=0, out=x)
         if self.dynamic:        # x ~ Bernoulli(x): a uniform u < x, as data.binarize_batch
             self.bin_rng.random(out=u, dtype=np.float32)
             if xm is not get_array_module(u):         # one side on the host: move it over

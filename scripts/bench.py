@@ -16,7 +16,8 @@ channels C1, C2, .. and DIMS's inner widths as its dense layers) and batch size:
             N_TRAIN // batch steps on synthetic binary data (the peer's ``load_data('synthetic')``:
             default_rng(1000).random((60000, 784)) < 0.5), images/s, through the public step:
             model.forward_backward(xb, eps); opt.step(), with the batch gathered and the noise
-            drawn into preallocated buffers (np.take(out=), standard_normal(out=)).
+            drawn into preallocated buffers (np.take(out=, mode='clip') as the trainer,
+            standard_normal(out=)).
   gemm      the model's GEMM FLOPs per step (forward, dW, and dX except the first layer's) and
             the time of exactly those np.matmul calls at the model's shapes, measured in the
             same run: the GEMM floor of an epoch, and the fraction of it the epoch reaches.
@@ -169,7 +170,7 @@ def work_train(a):
         perm = order_rng.permutation(N_TRAIN)
         total = 0.0
         for s in range(steps):
-            np.take(train, perm[s * B:(s + 1) * B], axis=0, out=xb)
+            np.take(train, perm[s * B:(s + 1) * B], axis=0, out=xb, mode="clip")
             noise_rng.standard_normal(out=eps, dtype=np.float32)
             total += float(model.forward_backward(xb, eps).loss)
             opt.step()

@@ -108,7 +108,7 @@ def profile(model_spec, B, steps, seed=0):
     def gather():
         s = state["s"] % n_batches
         state["s"] += 1
-        np.take(train, order[s * B:(s + 1) * B], axis=0, out=xb)
+        np.take(train, order[s * B:(s + 1) * B], axis=0, out=xb, mode="clip")
 
     def draw():
         noise.standard_normal(out=eps, dtype=np.float32)
