@@ -241,15 +241,17 @@ def _log_weights_halves(model, x, eps):
     fuse = getattr(model.likelihood, "takes_bias", False)
     nll_kw = {"bias": dec.last_bias} if fuse else {}
     out = dec.h[-1].reshape(S, B, -1)
+    logw = np.empty((S, B), z.dtype)
+    t = z.dtype.type(0.5)
 
     def half(s0, s1):
         dec.forward_rows(zf, s0 * B, s1 * B, add_last_bias=not fuse)
-        model.likelihood.nll(out[s0:s1], x, nll=ws.nll[s0:s1], **nll_kw)
+        nll = model.likelihood.nll(out[s0:s1], x, nll=ws.nll[s0:s1], **nll_kw)
+        zs, es = z[s0:s1], eps[s0:s1]           # _log_w's expression, on these samples' rows
+        logw[s0:s1] = -nll - t * np.sum(zs * zs - es * es - logvar, axis=-1)
 
     h = S // 2
     threads.run_parts(lambda: half(0, h), lambda: half(h, S))
-    t = z.dtype.type(0.5)
-    logw = -ws.nll - t * np.sum(z * z - eps * eps - logvar, axis=-1)
     return logw, (mu, logvar, z, std, out, kl)
 
 
