@@ -43,6 +43,18 @@ The ELBO is -(distortion + kl); the beta-ELBO loss distortion + beta kl."""
 Forward = namedtuple("Forward", "ws enc dec mu logvar z std kl out nll_kw")
 
 
+def _encode_and_sample(model, x, eps):
+    """The start of every pass, on the model's workspaces: x -> encoder -> (mu, logvar) ->
+    z = mu + std * eps and the KL.  Returns (ws, enc, dec, mu, logvar, z, std, kl)."""
+    S, B, Z = eps.shape
+    ws = model._step_buffers(S, B)
+    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
+    head = enc.forward(x)
+    mu, logvar = head[:, :Z], head[:, Z:]
+    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    return ws, enc, dec, mu, logvar, z, std, kl
+
+
 def _forward(model, x, eps):
     """The pass every objective starts with, on the model's workspaces:
         x -> encoder -> (mu, logvar) -> z = mu + std * eps, KL -> decoder -> out (S, B, D).
@@ -52,11 +64,7 @@ def _forward(model, x, eps):
     (S B, D) output; ``nll_kw`` is then the keyword {bias: b} to pass to its nll and
     nll_and_grad (else {}), so that they see the logits out + b."""
     S, B, Z = eps.shape
-    ws = model._step_buffers(S, B)
-    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
-    head = enc.forward(x)
-    mu, logvar = head[:, :Z], head[:, Z:]
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    ws, enc, dec, mu, logvar, z, std, kl = _encode_and_sample(model, x, eps)
     if getattr(model.likelihood, "takes_bias", False) and hasattr(dec, "last_bias"):
         out = dec.forward(z.reshape(S * B, Z), add_last_bias=False).reshape(S, B, -1)
         nll_kw = {"bias": dec.last_bias}
@@ -232,11 +240,7 @@ def log_weights(model, x, eps):
 def _log_weights_halves(model, x, eps):
     """log_weights with the decoder and the likelihood in two halves of the samples."""
     S, B, Z = eps.shape
-    ws = model._step_buffers(S, B)
-    enc, dec = model._plan("enc", B), model._plan("dec", S * B)
-    head = enc.forward(x)
-    mu, logvar = head[:, :Z], head[:, Z:]
-    z, std, kl = kernels.reparam_kl(mu, logvar, eps, out=(ws.z, ws.std, ws.kl))
+    ws, enc, dec, mu, logvar, z, std, kl = _encode_and_sample(model, x, eps)
     zf = z.reshape(S * B, Z)
     fuse = getattr(model.likelihood, "takes_bias", False)
     nll_kw = {"bias": dec.last_bias} if fuse else {}
